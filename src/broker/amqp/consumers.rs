@@ -1,0 +1,207 @@
+//! One broker consumer per polled queue, kept between a client's polls.
+//!
+//! Consuming per poll (consume → one message → ack → cancel) costs two round
+//! trips per message; a client that just got a 200 is back within milliseconds
+//! for the next sequence, so the consumer is kept for a short linger after a
+//! delivery. With prefetch 1 and the delivered message still unacked (the
+//! sequence layer holds it until the next sequence proves receipt), a lingering
+//! consumer cannot take anything else from the queue. A poll that ends without a
+//! delivery (client gone, timeout, superseded) cancels the consumer at once and
+//! requeues whatever reached it, so nothing waits in a consumer nobody reads.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicRejectOptions};
+
+use crate::telemetry::Metrics;
+
+/// A live `basic.consume` on one queue.
+pub(crate) struct ActiveConsumer {
+    pub(crate) channel: lapin::Channel,
+    pub(crate) consumer: lapin::Consumer,
+    metrics: Arc<Metrics>,
+}
+
+impl ActiveConsumer {
+    pub(crate) fn new(
+        channel: lapin::Channel,
+        consumer: lapin::Consumer,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        metrics.consumers.inc();
+        ActiveConsumer {
+            channel,
+            consumer,
+            metrics,
+        }
+    }
+
+    /// Cancels the consumer and requeues the deliveries that reached it after
+    /// its last poll (a cancelled consumer's unacked deliveries stay unacked
+    /// until someone settles them or the channel closes).
+    pub(crate) async fn cancel_and_requeue(mut self) {
+        if !self.channel.status().connected() {
+            return; // the broker requeued everything when the channel closed
+        }
+        let tag = self.consumer.tag();
+        if self
+            .channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // Deliveries sent before cancel-ok are buffered ahead of the end of the stream.
+        while let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_secs(2), self.consumer.next()).await
+        {
+            self.metrics.messages_requeued.inc();
+            let _ = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: true })
+                .await;
+        }
+    }
+}
+
+impl Drop for ActiveConsumer {
+    fn drop(&mut self) {
+        self.metrics.consumers.dec();
+    }
+}
+
+/// The consumer slot of one queue, shared by the polls on it (one at a time:
+/// the lock is held for the whole wait, and a superseded poll is dropped at once).
+pub(crate) struct QueueEntry {
+    users: AtomicUsize,
+    pub(crate) active: tokio::sync::Mutex<Option<ActiveConsumer>>,
+    last_delivery: Mutex<Option<Instant>>,
+}
+
+impl QueueEntry {
+    fn last_delivery(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.last_delivery.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the consumer out (if any) for cancelling.
+    pub(crate) async fn retire(&self) {
+        let active = self.active.lock().await.take();
+        if let Some(active) = active {
+            active.cancel_and_requeue().await;
+        }
+    }
+}
+
+/// All queue entries of one broker.
+pub(crate) struct ConsumerRegistry {
+    map: Mutex<HashMap<Arc<str>, Arc<QueueEntry>>>,
+    linger: Duration,
+}
+
+impl ConsumerRegistry {
+    pub(crate) fn new(linger: Duration) -> Self {
+        ConsumerRegistry {
+            map: Mutex::new(HashMap::new()),
+            linger,
+        }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<QueueEntry>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a poll on `queue` and returns the queue's entry.
+    pub(crate) fn enter(&self, queue: &str) -> Arc<QueueEntry> {
+        let mut map = self.map();
+        let entry = map
+            .entry(queue.into())
+            .or_insert_with(|| {
+                Arc::new(QueueEntry {
+                    users: AtomicUsize::new(0),
+                    active: tokio::sync::Mutex::new(None),
+                    last_delivery: Mutex::new(None),
+                })
+            })
+            .clone();
+        entry.users.fetch_add(1, Ordering::SeqCst);
+        entry
+    }
+
+    /// A poll is over. Returns true when the entry was removed and its consumer
+    /// must be cancelled now (nobody else polls it and no delivery is pending).
+    pub(crate) fn leave(&self, queue: &str, entry: &Arc<QueueEntry>, delivered: bool) -> bool {
+        let mut map = self.map();
+        if delivered {
+            *entry.last_delivery() = Some(Instant::now());
+        }
+        let remaining = entry.users.fetch_sub(1, Ordering::SeqCst) - 1;
+        if remaining > 0 || delivered {
+            return false;
+        }
+        if map.get(queue).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            map.remove(queue);
+        }
+        true
+    }
+
+    /// Removes entries nobody has polled within the linger after their last delivery.
+    pub(crate) fn take_idle(&self) -> Vec<Arc<QueueEntry>> {
+        let now = Instant::now();
+        let mut map = self.map();
+        let idle: Vec<Arc<str>> = map
+            .iter()
+            .filter(|(_, e)| {
+                e.users.load(Ordering::SeqCst) == 0
+                    && e.last_delivery()
+                        .is_none_or(|t| now.duration_since(t) >= self.linger)
+            })
+            .map(|(q, _)| q.clone())
+            .collect();
+        idle.iter().filter_map(|q| map.remove(q)).collect()
+    }
+
+    /// Removes every entry (shutdown).
+    pub(crate) fn take_all(&self) -> Vec<Arc<QueueEntry>> {
+        self.map().drain().map(|(_, e)| e).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_without_delivery_is_retired_when_its_last_poll_leaves() {
+        let reg = ConsumerRegistry::new(Duration::from_secs(60));
+        let a = reg.enter("q");
+        let b = reg.enter("q");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!reg.leave("q", &a, false), "another poll still uses it");
+        assert!(reg.leave("q", &b, false));
+        assert!(reg.take_all().is_empty());
+    }
+
+    #[test]
+    fn an_entry_with_a_delivery_lingers_until_the_reaper_takes_it() {
+        let reg = ConsumerRegistry::new(Duration::ZERO);
+        let a = reg.enter("q");
+        assert!(!reg.leave("q", &a, true));
+        assert_eq!(reg.take_idle().len(), 1);
+        assert!(reg.take_idle().is_empty());
+    }
+
+    #[test]
+    fn a_lingering_entry_is_reused_by_the_next_poll() {
+        let reg = ConsumerRegistry::new(Duration::from_secs(60));
+        let a = reg.enter("q");
+        reg.leave("q", &a, true);
+        let b = reg.enter("q");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(reg.take_idle().is_empty(), "in use");
+    }
+}

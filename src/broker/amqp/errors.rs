@@ -1,0 +1,72 @@
+//! lapin and deadpool errors mapped to [`BrokerError`] kinds — the table that
+//! decides what a held poll waits through and what it reports.
+
+use lapin::ErrorKind as LapinKind;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+
+use crate::broker::{BrokerError, BrokerErrorKind};
+
+/// Maps a lapin error. Soft (channel) errors keep their AMQP meaning; hard
+/// (connection) errors — 320 CONNECTION_FORCED, 541 INTERNAL_ERROR and the
+/// rest — and transport failures mean "the connection is gone, try again".
+pub(crate) fn from_lapin(e: &lapin::Error) -> BrokerError {
+    let kind = match e.kind() {
+        LapinKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => BrokerErrorKind::NotFound,
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => BrokerErrorKind::AccessRefused,
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+            | AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => {
+                BrokerErrorKind::PreconditionFailed
+            }
+            AMQPErrorKind::Soft(_) => BrokerErrorKind::ChannelClosed,
+            AMQPErrorKind::Hard(_) => BrokerErrorKind::Unavailable,
+        },
+        LapinKind::InvalidChannelState(..) | LapinKind::InvalidChannel(_) => {
+            BrokerErrorKind::ChannelClosed
+        }
+        LapinKind::InvalidConnectionState(_)
+        | LapinKind::IOError(_)
+        | LapinKind::MissingHeartbeatError
+        | LapinKind::ChannelsLimitReached => BrokerErrorKind::Unavailable,
+        LapinKind::AuthProviderError(_) => BrokerErrorKind::AccessRefused,
+        _ => BrokerErrorKind::Internal,
+    };
+    BrokerError::new(kind, e.to_string())
+}
+
+/// Maps a pool error: a timeout or a failure to connect is "unavailable".
+pub(crate) fn from_pool<E: std::fmt::Display>(
+    e: deadpool::managed::PoolError<E>,
+    what: &str,
+) -> BrokerError {
+    use deadpool::managed::PoolError;
+    match e {
+        PoolError::Timeout(t) => BrokerError::new(
+            BrokerErrorKind::Unavailable,
+            format!("{what}: timed out ({t:?})"),
+        ),
+        PoolError::Backend(inner) => {
+            BrokerError::new(BrokerErrorKind::Unavailable, format!("{what}: {inner}"))
+        }
+        other => BrokerError::new(BrokerErrorKind::Unavailable, format!("{what}: {other}")),
+    }
+}
+
+/// A pool whose backend error is already a [`BrokerError`] keeps its kind.
+pub(crate) fn from_channel_pool(e: deadpool::managed::PoolError<BrokerError>) -> BrokerError {
+    match e {
+        deadpool::managed::PoolError::Backend(inner) => inner,
+        other => from_pool(other, "channel pool"),
+    }
+}
+
+/// An AMQP short string (≤ 255 bytes), refused as input otherwise instead of
+/// panicking inside lapin.
+pub(crate) fn short(s: &str) -> Result<lapin::types::ShortString, BrokerError> {
+    lapin::types::ShortString::try_new(s).map_err(|_| {
+        BrokerError::new(
+            BrokerErrorKind::InvalidInput,
+            "a name longer than 255 bytes",
+        )
+    })
+}

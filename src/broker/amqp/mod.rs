@@ -1,0 +1,756 @@
+//! RabbitMQ through lapin, with deadpool-lapin's pooled connections.
+//!
+//! Owns: the connection supervisor (reconnect with backoff, the connectivity
+//! that `/readyz` reports), the exchange (declared with `--exchange-type` when
+//! absent, used as it is when present), subscription queues (durable, with
+//! `x-expires`), publishing with confirms, and the per-queue consumers.
+//! Must not: use lapin's own auto-recovery — deadpool's recycle check is the one
+//! reconnection strategy here (the two fight each other).
+
+mod channels;
+mod consumers;
+mod errors;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicRejectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Confirmation, ExchangeKind};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use self::channels::{ConsumerChannels, OpChannelManager, OpChannelPool, op_channel};
+use self::consumers::{ActiveConsumer, ConsumerRegistry, QueueEntry};
+use self::errors::{from_lapin, short};
+use super::{
+    Acker, Backoff, Broker, BrokerError, BrokerErrorKind, Connectivity, Delivery, OutgoingMessage,
+    QueueStats, Settle, derive_message_id,
+};
+use crate::config::{ExchangeType, SecretUrl, Settings};
+use crate::telemetry::Metrics;
+
+/// How the RabbitMQ broker is used.
+#[derive(Debug, Clone)]
+pub struct AmqpOptions {
+    pub url: SecretUrl,
+    pub exchange: String,
+    pub exchange_type: ExchangeType,
+    pub subscription_expiry: Duration,
+    /// Operation channels pooled, and as many shared consumer channels.
+    pub channel_pool_size: usize,
+    /// AMQP connections pooled.
+    pub connections: usize,
+    /// How long a queue's consumer is kept after a delivery, waiting for the
+    /// client's next poll.
+    pub consumer_linger: Duration,
+}
+
+impl AmqpOptions {
+    pub fn from_settings(s: &Settings, url: SecretUrl) -> Self {
+        AmqpOptions {
+            url,
+            exchange: s.exchange.clone(),
+            exchange_type: s.exchange_type,
+            subscription_expiry: s.subscription_expiry,
+            channel_pool_size: s.channel_pool_size,
+            connections: 2,
+            consumer_linger: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Header carrying the publish time in milliseconds (AMQP's timestamp is in seconds).
+pub const TIMESTAMP_MS_HEADER: &str = "timestamp_in_ms";
+
+struct Inner {
+    options: AmqpOptions,
+    connections: deadpool_lapin::Pool,
+    ops: OpChannelPool,
+    consumer_channels: Arc<ConsumerChannels>,
+    consumers: ConsumerRegistry,
+    state: watch::Sender<Connectivity>,
+    ever_connected: AtomicBool,
+    exchange_ready: AtomicBool,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+}
+
+/// The RabbitMQ broker. Cheap to clone.
+#[derive(Clone)]
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpBroker")
+            .field("url", &self.inner.options.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmqpBroker {
+    /// Builds the pools and starts the connection supervisor. Does not wait for
+    /// the broker: one that is down is reconnected in the background.
+    pub fn start(options: AmqpOptions, metrics: Arc<Metrics>) -> Result<Self, BrokerError> {
+        let manager = deadpool_lapin::Manager::new(
+            options.url.expose().to_owned(),
+            || {
+                lapin::ConnectionProperties::default()
+                    .with_connection_name("longpoll-gateway".into())
+            },
+            async_rs::Runtime::tokio_current(),
+        );
+        let build_err =
+            |e: &dyn std::fmt::Display| BrokerError::new(BrokerErrorKind::Internal, e.to_string());
+        let connections = deadpool_lapin::Pool::builder(manager)
+            .max_size(options.connections.max(1))
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(2)))
+            .runtime(deadpool_lapin::Runtime::Tokio1)
+            .build()
+            .map_err(|e| build_err(&e))?;
+        let ops = OpChannelPool::builder(OpChannelManager {
+            connections: connections.clone(),
+        })
+        .max_size(options.channel_pool_size.max(1))
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(2)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| build_err(&e))?;
+        let (state, _) = watch::channel(Connectivity::Disconnected {
+            since: Instant::now(),
+        });
+        let inner = Arc::new(Inner {
+            consumer_channels: ConsumerChannels::new(
+                options.channel_pool_size,
+                connections.clone(),
+            ),
+            consumers: ConsumerRegistry::new(options.consumer_linger),
+            options,
+            connections,
+            ops,
+            state,
+            ever_connected: AtomicBool::new(false),
+            exchange_ready: AtomicBool::new(false),
+            metrics,
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(supervise(Arc::downgrade(&inner), inner.stop.clone()));
+        tokio::spawn(reap_idle_consumers(
+            Arc::downgrade(&inner),
+            inner.stop.clone(),
+        ));
+        Ok(AmqpBroker { inner })
+    }
+
+    /// Waits until the supervisor reports a usable connection (or the broker stops).
+    async fn wait_connected(&self) {
+        let mut rx = self.inner.state.subscribe();
+        loop {
+            if *rx.borrow_and_update() == Connectivity::Connected {
+                return;
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = self.inner.stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Declares the exchange if absent (once per connection).
+    async fn ensure_exchange(&self) -> Result<(), BrokerError> {
+        if self.inner.exchange_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let exchange = short(&self.inner.options.exchange)?;
+        let passive = {
+            let ch = op_channel(&self.inner.ops, &self.inner.metrics).await?;
+            ch.exchange_declare(
+                exchange.clone(),
+                ExchangeKind::Direct, // ignored by a passive declare
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        };
+        match passive.map_err(|e| from_lapin(&e)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == BrokerErrorKind::NotFound => {
+                let kind = match self.inner.options.exchange_type {
+                    ExchangeType::Topic => ExchangeKind::Topic,
+                    ExchangeType::Direct => ExchangeKind::Direct,
+                };
+                let ch = op_channel(&self.inner.ops, &self.inner.metrics).await?;
+                ch.exchange_declare(
+                    exchange,
+                    kind,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| from_lapin(&e))?;
+                tracing::info!(
+                    exchange = %self.inner.options.exchange,
+                    kind = self.inner.options.exchange_type.as_str(),
+                    "declared the exchange"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        self.inner.exchange_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Passive declare: does the queue exist? Runs on an operation channel, so
+    /// the 404 that closes the channel touches nothing else.
+    async fn probe_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        self.queue_stats(queue).await.map(|_| ())
+    }
+
+    async fn start_consumer(&self, queue: &str) -> Result<ActiveConsumer, BrokerError> {
+        self.probe_queue(queue).await?;
+        let channel = self.inner.consumer_channels.channel().await?;
+        let tag = format!("lp-{}", uuid::Uuid::new_v4().simple());
+        let consumer = channel
+            .basic_consume(
+                short(queue)?,
+                short(&tag)?,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| from_lapin(&e))?;
+        Ok(ActiveConsumer::new(
+            channel,
+            consumer,
+            self.inner.metrics.clone(),
+        ))
+    }
+
+    /// Runs `op` on the exchange, redeclaring it once if it vanished.
+    async fn with_exchange<F, Fut>(&self, op: F) -> Result<(), BrokerError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), BrokerError>>,
+    {
+        self.ensure_exchange().await?;
+        match op().await {
+            Err(e) if e.kind() == BrokerErrorKind::NotFound && self.exchange_missing().await => {
+                self.inner.exchange_ready.store(false, Ordering::Release);
+                self.ensure_exchange().await?;
+                op().await
+            }
+            other => other,
+        }
+    }
+
+    async fn exchange_missing(&self) -> bool {
+        let Ok(exchange) = short(&self.inner.options.exchange) else {
+            return false;
+        };
+        let Ok(ch) = op_channel(&self.inner.ops, &self.inner.metrics).await else {
+            return false;
+        };
+        ch.exchange_declare(
+            exchange,
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_err_and(|e| from_lapin(&e).kind() == BrokerErrorKind::NotFound)
+    }
+
+    async fn bind(&self, queue: &str, event_keys: &[String]) -> Result<(), BrokerError> {
+        let ch = op_channel(&self.inner.ops, &self.inner.metrics).await?;
+        for key in event_keys {
+            ch.queue_bind(
+                short(queue)?,
+                short(&self.inner.options.exchange)?,
+                short(key)?,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| from_lapin(&e))?;
+        }
+        Ok(())
+    }
+
+    fn to_delivery(&self, d: lapin::message::Delivery) -> Delivery {
+        let props = &d.properties;
+        let message_id: Arc<str> = match props.message_id() {
+            Some(id) => id.as_str().into(),
+            None => {
+                let ts = props.timestamp().map(|t| t.to_string());
+                derive_message_id(
+                    &d.data,
+                    &[
+                        ts.as_deref(),
+                        props.correlation_id().as_ref().map(|s| s.as_str()),
+                        props.kind().as_ref().map(|s| s.as_str()),
+                        props.content_type().as_ref().map(|s| s.as_str()),
+                        props.app_id().as_ref().map(|s| s.as_str()),
+                    ],
+                )
+                .into()
+            }
+        };
+        let mut published_at = props
+            .timestamp()
+            .map(|secs| UNIX_EPOCH + Duration::from_secs(secs));
+        let mut trace_headers = Vec::new();
+        if let Some(headers) = props.headers() {
+            for (k, v) in headers.inner() {
+                match (k.as_str(), v) {
+                    (TIMESTAMP_MS_HEADER, v) => {
+                        if let Some(ms) = as_u64(v) {
+                            published_at = Some(UNIX_EPOCH + Duration::from_millis(ms));
+                        }
+                    }
+                    ("traceparent" | "tracestate", AMQPValue::LongString(s)) => {
+                        trace_headers.push((k.to_string(), s.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if d.redelivered {
+            self.inner.metrics.messages_redelivered.inc();
+        }
+        Delivery {
+            body: Bytes::from(d.data),
+            message_id,
+            redelivered: d.redelivered,
+            published_at,
+            trace_headers,
+            acker: Acker::new(
+                Box::new(AmqpSettle { acker: d.acker }),
+                self.inner.metrics.clone(),
+            ),
+        }
+    }
+}
+
+fn as_u64(v: &AMQPValue) -> Option<u64> {
+    match v {
+        AMQPValue::LongLongInt(i) => u64::try_from(*i).ok(),
+        AMQPValue::LongInt(i) => u64::try_from(*i).ok(),
+        AMQPValue::LongUInt(i) => Some(u64::from(*i)),
+        AMQPValue::Timestamp(t) => Some(*t),
+        _ => None,
+    }
+}
+
+struct AmqpSettle {
+    acker: lapin::Acker,
+}
+
+#[async_trait]
+impl Settle for AmqpSettle {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        match self.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => Ok(()),
+            // Its channel closed: the broker has requeued it already.
+            Ok(false) => Err(BrokerError::new(
+                BrokerErrorKind::ChannelClosed,
+                "the delivery's channel closed before the ack; the broker requeued it",
+            )),
+            Err(e) => Err(from_lapin(&e)),
+        }
+    }
+
+    async fn requeue(&self) -> Result<(), BrokerError> {
+        match self
+            .acker
+            .reject(BasicRejectOptions { requeue: true })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(from_lapin(&e)),
+        }
+    }
+}
+
+/// A poll's use of a queue entry; on drop it tells the registry, and cancels the
+/// consumer when the poll ended without a delivery and nobody else polls.
+struct EntryUse<'a> {
+    broker: &'a AmqpBroker,
+    queue: &'a str,
+    entry: Arc<QueueEntry>,
+    delivered: bool,
+}
+
+impl Drop for EntryUse<'_> {
+    fn drop(&mut self) {
+        let retire = self
+            .broker
+            .inner
+            .consumers
+            .leave(self.queue, &self.entry, self.delivered);
+        if retire {
+            let entry = self.entry.clone();
+            tokio::spawn(async move { entry.retire().await });
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn kind(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    async fn next_message(&self, queue: &str) -> Result<Delivery, BrokerError> {
+        let mut usage = EntryUse {
+            broker: self,
+            queue,
+            entry: self.inner.consumers.enter(queue),
+            delivered: false,
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        loop {
+            self.wait_connected().await;
+            if self.inner.stop.is_cancelled() {
+                return Err(BrokerError::new(
+                    BrokerErrorKind::Unavailable,
+                    "the broker is closing",
+                ));
+            }
+            let entry = usage.entry.clone();
+            let mut active = entry.active.lock().await;
+            if active
+                .as_ref()
+                .is_some_and(|a| !a.channel.status().connected())
+            {
+                *active = None;
+            }
+            let consumer = match active.as_mut() {
+                Some(c) => c,
+                None => match self.start_consumer(queue).await {
+                    Ok(c) => active.insert(c),
+                    Err(e) if e.is_recoverable() => {
+                        drop(active);
+                        tracing::debug!(error = %e, "cannot consume yet; retrying");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            match consumer.consumer.next().await {
+                Some(Ok(delivery)) => {
+                    usage.delivered = true;
+                    return Ok(self.to_delivery(delivery));
+                }
+                Some(Err(e)) => {
+                    *active = None;
+                    let e = from_lapin(&e);
+                    if !e.is_recoverable() && e.kind() != BrokerErrorKind::NotFound {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, "consumer lost; resuming");
+                }
+                None => {
+                    // Cancelled by the broker (queue deleted) or channel closed:
+                    // the next round probes the queue again.
+                    *active = None;
+                }
+            }
+            drop(active);
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    async fn declare_subscription(
+        &self,
+        queue: &str,
+        event_keys: &[String],
+    ) -> Result<(), BrokerError> {
+        let name = short(queue)?;
+        let expiry_ms = i64::try_from(self.inner.options.subscription_expiry.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        self.with_exchange(|| {
+            let name = name.clone();
+            async move {
+                {
+                    let ch = op_channel(&self.inner.ops, &self.inner.metrics).await?;
+                    let mut args = FieldTable::default();
+                    args.insert("x-expires".into(), AMQPValue::LongLongInt(expiry_ms));
+                    // Durable: RabbitMQ 4.3+ refuses non-durable, non-exclusive queues;
+                    // x-expires cleans it up, messages are published non-persistent.
+                    ch.queue_declare(
+                        name,
+                        QueueDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        },
+                        args,
+                    )
+                    .await
+                    .map_err(|e| from_lapin(&e))?;
+                }
+                self.bind(queue, event_keys).await
+            }
+        })
+        .await
+    }
+
+    async fn add_bindings(&self, queue: &str, event_keys: &[String]) -> Result<(), BrokerError> {
+        self.probe_queue(queue).await?;
+        self.with_exchange(|| self.bind(queue, event_keys)).await
+    }
+
+    async fn delete_subscription(&self, queue: &str) -> Result<(), BrokerError> {
+        self.probe_queue(queue).await?;
+        let ch = op_channel(&self.inner.ops, &self.inner.metrics).await?;
+        ch.queue_delete(short(queue)?, QueueDeleteOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| from_lapin(&e))
+    }
+
+    async fn publish(&self, message: OutgoingMessage) -> Result<(), BrokerError> {
+        let routing_key = short(&message.routing_key)?;
+        let message_id = short(&message.message_id)?;
+        let exchange = short(&self.inner.options.exchange)?;
+        let since_epoch = message
+            .published_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut headers = FieldTable::default();
+        headers.insert(
+            TIMESTAMP_MS_HEADER.into(),
+            AMQPValue::LongLongInt(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)),
+        );
+        for (k, v) in &message.headers {
+            headers.insert(
+                short(k)?,
+                AMQPValue::LongString(LongString::from(v.as_str())),
+            );
+        }
+        let properties = BasicProperties::default()
+            .with_message_id(message_id)
+            .with_content_type("application/json".into())
+            .with_timestamp(since_epoch.as_secs())
+            .with_delivery_mode(1) // non-persistent, as Launchpad published them
+            .with_headers(headers);
+        self.with_exchange(|| {
+            let (exchange, routing_key, properties) =
+                (exchange.clone(), routing_key.clone(), properties.clone());
+            let body = &message.body;
+            async move {
+                let ch = op_channel(&self.inner.ops, &self.inner.metrics).await?;
+                let confirm = ch
+                    .basic_publish(
+                        exchange,
+                        routing_key,
+                        BasicPublishOptions::default(),
+                        body,
+                        properties,
+                    )
+                    .await
+                    .map_err(|e| from_lapin(&e))?
+                    .await
+                    .map_err(|e| from_lapin(&e))?;
+                match confirm {
+                    Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+                    Confirmation::Nack(_) => Err(BrokerError::new(
+                        BrokerErrorKind::Nacked,
+                        "the broker did not accept the message",
+                    )),
+                }
+            }
+        })
+        .await
+    }
+
+    fn connectivity(&self) -> Connectivity {
+        *self.inner.state.borrow()
+    }
+
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        let name = short(queue)?;
+        let ch = op_channel(&self.inner.ops, &self.inner.metrics).await?;
+        let q = ch
+            .queue_declare(
+                name,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| from_lapin(&e))?;
+        Ok(QueueStats {
+            ready: u64::from(q.message_count()),
+            unacked: None,
+            consumers: u64::from(q.consumer_count()),
+        })
+    }
+
+    async fn close(&self) {
+        self.inner.stop.cancel();
+        for entry in self.inner.consumers.take_all() {
+            entry.retire().await;
+        }
+        self.inner.consumer_channels.close_all().await;
+        self.inner.ops.close();
+        let idle = self.inner.connections.status().available;
+        for _ in 0..idle {
+            match tokio::time::timeout(Duration::from_secs(1), self.inner.connections.get()).await {
+                Ok(Ok(conn)) => {
+                    if conn.status().connected() {
+                        let _ = conn.close(200, "shutdown".into()).await;
+                    }
+                    let _ = deadpool::managed::Object::take(conn);
+                }
+                _ => break,
+            }
+        }
+        self.inner.connections.close();
+        let _ = self.inner.state.send(Connectivity::Disconnected {
+            since: Instant::now(),
+        });
+        self.inner.metrics.broker_connected.set(0);
+    }
+}
+
+impl Inner {
+    fn mark_connected(&self) {
+        let changed = self.state.send_if_modified(|s| {
+            if *s == Connectivity::Connected {
+                false
+            } else {
+                *s = Connectivity::Connected;
+                true
+            }
+        });
+        if changed {
+            if self.ever_connected.swap(true, Ordering::AcqRel) {
+                self.metrics.broker_reconnects.inc();
+                tracing::info!("broker connection re-established");
+            } else {
+                tracing::info!("connected to the broker");
+            }
+        }
+        self.metrics.broker_connected.set(1);
+    }
+
+    fn mark_disconnected(&self, why: &str) {
+        let changed = self.state.send_if_modified(|s| {
+            if *s == Connectivity::Connected {
+                *s = Connectivity::Disconnected {
+                    since: Instant::now(),
+                };
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            tracing::warn!(reason = why, "broker connection lost; reconnecting");
+        }
+        self.exchange_ready.store(false, Ordering::Release);
+        self.metrics.broker_connected.set(0);
+    }
+}
+
+/// Keeps a connection usable: reconnects with backoff and publishes connectivity.
+async fn supervise(inner: Weak<Inner>, stop: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut warned = false;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let attempt = strong.connections.get().await;
+        let wait = match attempt {
+            Ok(conn) if conn.status().connected() => {
+                let mut events = conn.events_listener();
+                drop(conn);
+                backoff.reset();
+                warned = false;
+                strong.mark_connected();
+                channels::record_pool_status(&strong.ops, &strong.metrics);
+                drop(strong);
+                // Wake at once on a connection error; check again every second anyway.
+                let error = async {
+                    while let Some(event) = events.next().await {
+                        if matches!(event, lapin::Event::Error(_)) {
+                            return;
+                        }
+                    }
+                    std::future::pending::<()>().await
+                };
+                tokio::select! {
+                    _ = error => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => return,
+                }
+                continue;
+            }
+            Ok(_) => {
+                strong.mark_disconnected("connection not usable");
+                backoff.next_delay()
+            }
+            Err(e) => {
+                let e = errors::from_pool(e, "connect");
+                if !warned {
+                    tracing::warn!(error = %e, "cannot reach the broker; retrying with backoff");
+                    warned = true;
+                }
+                strong.mark_disconnected("cannot connect");
+                backoff.next_delay()
+            }
+        };
+        drop(strong);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Cancels consumers whose client did not come back within the linger.
+async fn reap_idle_consumers(inner: Weak<Inner>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let idle = strong.consumers.take_idle();
+        drop(strong);
+        for entry in idle {
+            entry.retire().await;
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The `Broker` boundary: what the gateway needs from a message broker, and the
+//! two implementations — [`AmqpBroker`] (RabbitMQ through lapin) and
+//! [`MemoryBroker`] (embedded, one replica).
+//!
+//! Owns: [`Delivery`] (a message handed to a poll, with its [`Acker`]),
+//! [`BrokerError`] and its recoverable-kinds table, [`OutgoingMessage`].
+//! Must not: know about HTTP, sequences or subscribers' keys beyond queue names.
+//!
+//! The semantics both implementations share (and the contract tests check on both):
+//! a queue has at most one unacked message per replica (prefetch 1); a message
+//! that is neither acked nor kept goes back to its queue at its place; a
+//! redelivered message says so and keeps its message id.
+
+pub mod amqp;
+pub mod memory;
+mod message_id;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use amqp::AmqpBroker;
+pub use memory::MemoryBroker;
+pub use message_id::derive_message_id;
+
+use crate::config::{BrokerUrl, Settings};
+use crate::telemetry::Metrics;
+
+/// What went wrong talking to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerErrorKind {
+    /// The queue (or exchange) does not exist (AMQP 404).
+    NotFound,
+    /// The broker refused access (AMQP 403).
+    AccessRefused,
+    /// A declaration clashes with what exists (AMQP 406, 405).
+    PreconditionFailed,
+    /// No usable connection: refused, lost, forced closed (320), internal error (541).
+    Unavailable,
+    /// The channel the operation ran on was closed under it.
+    ChannelClosed,
+    /// The broker did not answer in time.
+    Timeout,
+    /// The publisher confirm came back negative.
+    Nacked,
+    /// A limit of the embedded broker (queue count) was reached.
+    LimitReached,
+    /// Bad input that no broker would accept (e.g. a routing key over 255 bytes).
+    InvalidInput,
+    /// Anything else; not retried.
+    Internal,
+}
+
+impl BrokerErrorKind {
+    /// The recoverable kinds: a held poll waits through them (txlongpoll retried
+    /// 320, 541 and transport loss until its timeout).
+    pub fn is_recoverable(self) -> bool {
+        matches!(
+            self,
+            BrokerErrorKind::Unavailable
+                | BrokerErrorKind::ChannelClosed
+                | BrokerErrorKind::Timeout
+        )
+    }
+}
+
+impl fmt::Display for BrokerErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BrokerErrorKind::NotFound => "not found",
+            BrokerErrorKind::AccessRefused => "access refused",
+            BrokerErrorKind::PreconditionFailed => "precondition failed",
+            BrokerErrorKind::Unavailable => "broker unavailable",
+            BrokerErrorKind::ChannelClosed => "channel closed",
+            BrokerErrorKind::Timeout => "broker timeout",
+            BrokerErrorKind::Nacked => "publish not confirmed",
+            BrokerErrorKind::LimitReached => "limit reached",
+            BrokerErrorKind::InvalidInput => "invalid input",
+            BrokerErrorKind::Internal => "broker error",
+        })
+    }
+}
+
+/// A broker error: a kind that drives retries, and a detail for the trace.
+/// The detail never holds credentials.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind}: {detail}")]
+pub struct BrokerError {
+    kind: BrokerErrorKind,
+    detail: String,
+}
+
+impl BrokerError {
+    pub fn new(kind: BrokerErrorKind, detail: impl Into<String>) -> Self {
+        BrokerError {
+            kind,
+            detail: detail.into(),
+        }
+    }
+    pub fn kind(&self) -> BrokerErrorKind {
+        self.kind
+    }
+    pub fn is_recoverable(&self) -> bool {
+        self.kind.is_recoverable()
+    }
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(BrokerErrorKind::NotFound, detail)
+    }
+}
+
+/// Settling a delivery on the broker it came from.
+#[async_trait]
+pub trait Settle: Send + Sync {
+    /// The client has the message: remove it from the queue.
+    async fn ack(&self) -> Result<(), BrokerError>;
+    /// Give the message back to its queue, at its place.
+    async fn requeue(&self) -> Result<(), BrokerError>;
+}
+
+/// The handle that settles one delivery. Dropping it unsettled requeues the
+/// message, so a poll abandoned at any point loses nothing.
+pub struct Acker {
+    settle: Option<Box<dyn Settle>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Acker {
+    pub fn new(settle: Box<dyn Settle>, metrics: Arc<Metrics>) -> Self {
+        Acker {
+            settle: Some(settle),
+            metrics,
+        }
+    }
+
+    pub async fn ack(mut self) -> Result<(), BrokerError> {
+        match self.settle.take() {
+            Some(s) => {
+                let r = s.ack().await;
+                if r.is_ok() {
+                    self.metrics.messages_acked.inc();
+                }
+                r
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub async fn requeue(mut self) -> Result<(), BrokerError> {
+        match self.settle.take() {
+            Some(s) => {
+                self.metrics.messages_requeued.inc();
+                s.requeue().await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Acker {
+    fn drop(&mut self) {
+        if let Some(settle) = self.settle.take() {
+            self.metrics.messages_requeued.inc();
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        if let Err(e) = settle.requeue().await {
+                            tracing::debug!(error = %e, "requeue of an abandoned delivery failed (the broker requeues it when the channel closes)");
+                        }
+                    });
+                }
+                Err(_) => tracing::debug!(
+                    "no runtime to requeue an abandoned delivery; the broker requeues it when the channel closes"
+                ),
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Acker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acker")
+            .field("settled", &self.settle.is_none())
+            .finish()
+    }
+}
+
+/// A message taken from a queue for one poll.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message body, unchanged.
+    pub body: Bytes,
+    /// The AMQP `message_id`, or one derived from content and properties.
+    pub message_id: Arc<str>,
+    /// The broker delivered it before (after a requeue or a lost channel).
+    pub redelivered: bool,
+    /// When the publisher sent it, if it said.
+    pub published_at: Option<SystemTime>,
+    /// W3C trace context headers carried by the message (`traceparent`, `tracestate`).
+    pub trace_headers: Vec<(String, String)>,
+    /// Settles the message; dropping it requeues.
+    pub acker: Acker,
+}
+
+/// An event to publish.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    /// The event key (routing key).
+    pub routing_key: String,
+    /// JSON body.
+    pub body: Bytes,
+    /// Message id (a UUID from the management API and `emit`).
+    pub message_id: String,
+    /// Publisher timestamp.
+    pub published_at: SystemTime,
+    /// Extra string headers (trace context).
+    pub headers: Vec<(String, String)>,
+}
+
+/// A queue as its broker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages waiting to be delivered.
+    pub ready: u64,
+    /// Messages delivered and not yet settled, when the broker reports it
+    /// (RabbitMQ's passive declare does not).
+    pub unacked: Option<u64>,
+    /// Consumers (RabbitMQ) or waiting polls (embedded broker).
+    pub consumers: u64,
+}
+
+/// Whether the broker can be used now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connectivity {
+    Connected,
+    /// Unusable since this instant.
+    Disconnected {
+        since: Instant,
+    },
+}
+
+/// What the gateway needs from a broker.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Short name for logs and `longpoll_build_info`.
+    fn kind(&self) -> &'static str;
+
+    /// Waits for the next message on `queue`. Waits through recoverable failures
+    /// (a lost connection is re-established and the wait resumes); returns
+    /// `NotFound` when the queue does not exist. Cancel-safe: dropping the
+    /// future leaves the queue as it was.
+    async fn next_message(&self, queue: &str) -> Result<Delivery, BrokerError>;
+
+    /// Declares a subscription queue (expiring when unused) bound to each event key.
+    async fn declare_subscription(
+        &self,
+        queue: &str,
+        event_keys: &[String],
+    ) -> Result<(), BrokerError>;
+
+    /// Adds bindings to an existing subscription queue (`NotFound` if there is none).
+    async fn add_bindings(&self, queue: &str, event_keys: &[String]) -> Result<(), BrokerError>;
+
+    /// Deletes a subscription queue (`NotFound` if there is none).
+    async fn delete_subscription(&self, queue: &str) -> Result<(), BrokerError>;
+
+    /// Publishes one event; returns once the broker confirmed it.
+    async fn publish(&self, message: OutgoingMessage) -> Result<(), BrokerError>;
+
+    /// Whether the broker is usable now.
+    fn connectivity(&self) -> Connectivity;
+
+    /// What the broker says about a queue (`NotFound` if there is none).
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError>;
+
+    /// Gives back everything held and closes the connection.
+    async fn close(&self);
+}
+
+/// Builds the broker the settings ask for. A RabbitMQ that is down is not an
+/// error here: the broker reconnects in the background.
+pub fn from_settings(
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Broker>, BrokerError> {
+    match &settings.broker {
+        BrokerUrl::Memory => Ok(Arc::new(MemoryBroker::new(
+            memory::MemoryOptions::from_settings(settings),
+            metrics,
+        ))),
+        BrokerUrl::Amqp(url) => Ok(Arc::new(AmqpBroker::start(
+            amqp::AmqpOptions::from_settings(settings, url.clone()),
+            metrics,
+        )?)),
+    }
+}
+
+/// Exponential backoff with jitter, for reconnecting.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            next: min,
+            min,
+            max,
+        }
+    }
+    pub(crate) fn reset(&mut self) {
+        self.next = self.min;
+    }
+    /// The next delay: the current step plus up to 50 % jitter.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter = rand::random::<f64>() * 0.5;
+        base.mul_f64(1.0 + jitter)
+    }
+}
+
+/// Checks an event key (a routing key): 1–255 bytes of printable ASCII.
+/// `allow_wildcards` permits topic patterns (`*`, `#`) in bindings.
+pub fn validate_event_key(key: &str, allow_wildcards: bool) -> Result<(), String> {
+    if key.is_empty() || key.len() > 255 {
+        return Err("an event key must be 1 to 255 bytes".into());
+    }
+    if !crate::config::is_printable_ascii(key) {
+        return Err("an event key must be printable ASCII without spaces".into());
+    }
+    if !allow_wildcards && key.contains(['*', '#']) {
+        return Err("an event's key must not contain the wildcards * or #".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recoverable_kinds_are_the_transient_ones() {
+        assert!(BrokerErrorKind::Unavailable.is_recoverable());
+        assert!(BrokerErrorKind::ChannelClosed.is_recoverable());
+        assert!(!BrokerErrorKind::NotFound.is_recoverable());
+        assert!(!BrokerErrorKind::AccessRefused.is_recoverable());
+        assert!(!BrokerErrorKind::PreconditionFailed.is_recoverable());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(150));
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        let capped = b.next_delay();
+        assert!(capped >= Duration::from_secs(1) && capped <= Duration::from_millis(1500));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(150));
+    }
+
+    #[test]
+    fn event_keys_are_checked() {
+        assert!(validate_event_key("longpoll.event.bug.1", false).is_ok());
+        assert!(validate_event_key("longpoll.event.bug.*", true).is_ok());
+        assert!(validate_event_key("longpoll.event.bug.*", false).is_err());
+        assert!(validate_event_key("", true).is_err());
+        assert!(validate_event_key("has space", true).is_err());
+        assert!(validate_event_key("é", true).is_err());
+        assert!(validate_event_key(&"k".repeat(256), true).is_err());
+    }
+}

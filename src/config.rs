@@ -1,0 +1,735 @@
+//! Configuration: the command line, its environment variables and the TOML file,
+//! read once into the typed [`Settings`].
+//!
+//! Owns: flag names, environment names, defaults and validation. Precedence is
+//! flag > environment > `--config` file > default (clap resolves flag > env; the
+//! file and the defaults are merged here). Nothing else reads the environment.
+//!
+//! Must not: be consulted from anywhere but `main`; everything downstream gets a
+//! [`Settings`] (or the part of it it needs) passed in.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use url::Url;
+
+/// One line saying what is wrong with the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn invalid(name: &str, why: impl fmt::Display) -> Self {
+        let env = env_name(name);
+        ConfigError(format!("invalid --{name} (or {env}): {why}"))
+    }
+}
+
+/// The `longpoll-gateway` command line.
+#[derive(Debug, Parser)]
+#[command(name = "longpoll-gateway", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hold browser long-polls on AMQP queues (the gateway itself).
+    Serve(Box<ServeArgs>),
+    /// Create a subscription queue bound to event keys; prints {"key": ..., "uri": ...}.
+    Subscribe(crate::cli::SubscribeArgs),
+    /// Publish an event (a JSON object) under an event key.
+    Emit(crate::cli::EmitArgs),
+}
+
+/// `serve` flags. Every value is kept as text here and parsed in one place
+/// ([`ServeArgs::into_settings`]) so that a flag, an environment variable and a
+/// file entry get the same validation and the same error wording.
+#[derive(Debug, Default, Clone, Args)]
+pub struct ServeArgs {
+    /// TOML file that may set any of the settings below (keys named like the flags).
+    #[arg(long, value_name = "FILE", env = "LONGPOLL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Public listener: long-polls, JS client, demo, management API.
+    #[arg(long, value_name = "ADDR", env = "LONGPOLL_LISTEN")]
+    pub listen: Option<String>,
+    /// Admin listener: /metrics, /healthz, /readyz (never behind the ingress).
+    #[arg(long, value_name = "ADDR", env = "LONGPOLL_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// `memory://` (embedded broker, one replica) or `amqp://user:pass@host:5672/vhost`.
+    #[arg(long, value_name = "URL", env = "LONGPOLL_BROKER")]
+    pub broker: Option<String>,
+    /// Exchange that events are published to and subscription queues are bound to.
+    #[arg(long, value_name = "NAME", env = "LONGPOLL_EXCHANGE")]
+    pub exchange: Option<String>,
+    /// `topic` or `direct`; an existing exchange is used as it is.
+    #[arg(long, value_name = "TYPE", env = "LONGPOLL_EXCHANGE_TYPE")]
+    pub exchange_type: Option<String>,
+    /// Subscription queues are deleted by the broker after this long unused.
+    #[arg(long, value_name = "DURATION", env = "LONGPOLL_SUBSCRIPTION_EXPIRY")]
+    pub subscription_expiry: Option<String>,
+    /// Only queues whose name starts with this may be polled.
+    #[arg(long, value_name = "PREFIX", env = "LONGPOLL_QUEUE_PREFIX")]
+    pub queue_prefix: Option<String>,
+    /// How long a poll is held before 408.
+    #[arg(long, value_name = "DURATION", env = "LONGPOLL_POLL_TIMEOUT")]
+    pub poll_timeout: Option<String>,
+    /// Polls held at once by this replica; beyond it: 503 + Retry-After.
+    #[arg(long, value_name = "N", env = "LONGPOLL_MAX_POLLS")]
+    pub max_polls: Option<String>,
+    /// How long an answered (uuid, sequence) is kept for an identical retry.
+    #[arg(long, value_name = "DURATION", env = "LONGPOLL_REPLAY_TTL")]
+    pub replay_ttl: Option<String>,
+    /// Most (uuid, sequence) answers kept for replay; the oldest are requeued beyond it.
+    #[arg(long, value_name = "N", env = "LONGPOLL_REPLAY_CAPACITY")]
+    pub replay_capacity: Option<String>,
+    /// Bearer token for the management API; unset = management API disabled.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "LONGPOLL_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub api_token: Option<String>,
+    /// AMQP channels pooled per replica.
+    #[arg(long, value_name = "N", env = "LONGPOLL_CHANNEL_POOL_SIZE")]
+    pub channel_pool_size: Option<String>,
+    /// `text` or `json`.
+    #[arg(long, value_name = "FORMAT", env = "LONGPOLL_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Poll URI handed to browsers in `uri` (default: from the API request).
+    #[arg(long, value_name = "URL", env = "LONGPOLL_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Origin allowed to poll from another origin (repeatable).
+    #[arg(
+        long = "cors-origin",
+        value_name = "ORIGIN",
+        env = "LONGPOLL_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// Shutdown drain window: held polls are answered 503 and the process exits within it.
+    #[arg(long, value_name = "DURATION", env = "LONGPOLL_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
+    /// Embedded broker: messages kept per queue (the oldest are dropped beyond it).
+    #[arg(long, value_name = "N", env = "LONGPOLL_MEMORY_MAX_MESSAGES_PER_QUEUE")]
+    pub memory_max_messages_per_queue: Option<String>,
+    /// Embedded broker: subscription queues at most (new subscriptions are refused beyond it).
+    #[arg(long, value_name = "N", env = "LONGPOLL_MEMORY_MAX_QUEUES")]
+    pub memory_max_queues: Option<String>,
+}
+
+/// Which broker the gateway talks to.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BrokerUrl {
+    /// The embedded in-process broker (one replica only).
+    Memory,
+    /// RabbitMQ; the URL carries credentials and is never printed whole.
+    Amqp(SecretUrl),
+}
+
+impl BrokerUrl {
+    /// Parses `memory://` or an `amqp://` / `amqps://` URL.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if raw == "memory://" || raw == "memory" {
+            return Ok(BrokerUrl::Memory);
+        }
+        let url = Url::parse(raw).map_err(|e| format!("not a URL ({e})"))?;
+        match url.scheme() {
+            "amqp" | "amqps" => {}
+            other => {
+                return Err(format!(
+                    "unsupported scheme {other:?}: use memory://, amqp:// or amqps://"
+                ));
+            }
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("the URL has no host".into());
+        }
+        raw.parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| format!("not an AMQP URL ({e})"))?;
+        Ok(BrokerUrl::Amqp(SecretUrl(raw.to_owned())))
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerUrl::Memory => f.write_str("memory://"),
+            BrokerUrl::Amqp(url) => url.fmt(f),
+        }
+    }
+}
+
+impl fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A broker URL that may hold a password: `Display`/`Debug` show it redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The full URL, for the AMQP client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Replaces the password of a URL with `***`.
+pub fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => "<unparsable url>".into(),
+    }
+}
+
+/// The management API's bearer token; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        ApiToken(token.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeType {
+    Topic,
+    Direct,
+}
+
+impl ExchangeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeType::Topic => "topic",
+            ExchangeType::Direct => "direct",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Limits of the embedded broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimits {
+    pub max_messages_per_queue: usize,
+    pub max_queues: usize,
+}
+
+/// Everything `serve` needs, parsed and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub broker: BrokerUrl,
+    pub exchange: String,
+    pub exchange_type: ExchangeType,
+    pub subscription_expiry: Duration,
+    pub queue_prefix: String,
+    pub poll_timeout: Duration,
+    pub max_polls: usize,
+    pub replay_ttl: Duration,
+    pub replay_capacity: usize,
+    pub api_token: Option<ApiToken>,
+    pub channel_pool_size: usize,
+    pub log_format: LogFormat,
+    pub public_url: Option<Url>,
+    pub cors_origins: Vec<String>,
+    pub drain_timeout: Duration,
+    pub memory: MemoryLimits,
+}
+
+/// Default channel pool size: enough channels that consumers are spread out and
+/// a channel error (which closes the channel) touches few of them.
+pub const DEFAULT_CHANNEL_POOL_SIZE: usize = 32;
+
+impl Default for Settings {
+    /// The contract's defaults.
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            broker: BrokerUrl::Memory,
+            exchange: "longpoll".into(),
+            exchange_type: ExchangeType::Topic,
+            subscription_expiry: Duration::from_secs(300),
+            queue_prefix: "longpoll.subscribe.".into(),
+            poll_timeout: Duration::from_secs(270),
+            max_polls: 100_000,
+            replay_ttl: Duration::from_secs(300),
+            replay_capacity: 1_000_000,
+            api_token: None,
+            channel_pool_size: DEFAULT_CHANNEL_POOL_SIZE,
+            log_format: LogFormat::Text,
+            public_url: None,
+            cors_origins: Vec::new(),
+            drain_timeout: Duration::from_secs(10),
+            memory: MemoryLimits {
+                max_messages_per_queue: 1_000,
+                max_queues: 100_000,
+            },
+        }
+    }
+}
+
+/// Keys accepted in the `--config` file: the flag names.
+const FILE_KEYS: &[&str] = &[
+    "listen",
+    "admin-listen",
+    "broker",
+    "exchange",
+    "exchange-type",
+    "subscription-expiry",
+    "queue-prefix",
+    "poll-timeout",
+    "max-polls",
+    "replay-ttl",
+    "replay-capacity",
+    "api-token",
+    "channel-pool-size",
+    "log-format",
+    "public-url",
+    "cors-origin",
+    "drain-timeout",
+    "memory-max-messages-per-queue",
+    "memory-max-queues",
+];
+
+fn env_name(flag: &str) -> String {
+    if flag == "cors-origin" {
+        return "LONGPOLL_CORS_ORIGINS".into();
+    }
+    format!("LONGPOLL_{}", flag.replace('-', "_").to_uppercase())
+}
+
+/// Values read from the `--config` file, as text, keyed by flag name.
+#[derive(Debug, Default)]
+struct FileValues(BTreeMap<String, String>);
+
+impl FileValues {
+    fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        Self::parse(&text)
+            .map_err(|why| ConfigError(format!("config file {}: {why}", path.display())))
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| e.message().to_owned())?;
+        let mut values = BTreeMap::new();
+        for (key, value) in table {
+            let key = key.replace('_', "-");
+            let key = if key == "cors-origins" {
+                "cors-origin".to_owned()
+            } else {
+                key
+            };
+            if !FILE_KEYS.contains(&key.as_str()) {
+                return Err(format!("unknown key {key:?}"));
+            }
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Array(items) => items
+                    .into_iter()
+                    .map(|v| match v {
+                        toml::Value::String(s) => Ok(s),
+                        other => Err(format!("{key}: expected strings, found {other}")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(","),
+                other => return Err(format!("{key}: unsupported value {other}")),
+            };
+            values.insert(key, text);
+        }
+        Ok(FileValues(values))
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+/// Parses a duration: `270s`, `5m`, `1h 30m`, `500ms`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration ({e})"))
+}
+
+impl ServeArgs {
+    /// Merges flag/env, file and defaults, and validates everything.
+    pub fn into_settings(self) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => FileValues::load(path)?,
+            None => FileValues::default(),
+        };
+        let d = Settings::default();
+        // flag/env (already merged by clap) first, then the file.
+        let pick = |cli: &Option<String>, key: &str| -> Option<String> {
+            cli.clone().or_else(|| file.get(key).map(str::to_owned))
+        };
+
+        let listen = match pick(&self.listen, "listen") {
+            Some(v) => parse_addr("listen", &v)?,
+            None => d.listen,
+        };
+        let admin_listen = match pick(&self.admin_listen, "admin-listen") {
+            Some(v) => parse_addr("admin-listen", &v)?,
+            None => d.admin_listen,
+        };
+        let broker = match pick(&self.broker, "broker") {
+            Some(v) => BrokerUrl::parse(&v).map_err(|why| ConfigError::invalid("broker", why))?,
+            None => d.broker,
+        };
+        let exchange = match pick(&self.exchange, "exchange") {
+            Some(v) if v.is_empty() || v.len() > 255 => {
+                return Err(ConfigError::invalid("exchange", "must be 1 to 255 bytes"));
+            }
+            Some(v) => v,
+            None => d.exchange,
+        };
+        let exchange_type = match pick(&self.exchange_type, "exchange-type").as_deref() {
+            None => d.exchange_type,
+            Some("topic") => ExchangeType::Topic,
+            Some("direct") => ExchangeType::Direct,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "exchange-type",
+                    format!("{other:?}: expected topic or direct"),
+                ));
+            }
+        };
+        let subscription_expiry = duration(
+            "subscription-expiry",
+            pick(&self.subscription_expiry, "subscription-expiry"),
+            d.subscription_expiry,
+        )?;
+        let queue_prefix = match pick(&self.queue_prefix, "queue-prefix") {
+            Some(v) if v.is_empty() => {
+                return Err(ConfigError::invalid(
+                    "queue-prefix",
+                    "must not be empty (it is what keeps browsers out of other queues)",
+                ));
+            }
+            Some(v) if !is_printable_ascii(&v) || v.len() > 200 => {
+                return Err(ConfigError::invalid(
+                    "queue-prefix",
+                    "must be printable ASCII, at most 200 bytes",
+                ));
+            }
+            Some(v) => v,
+            None => d.queue_prefix,
+        };
+        let poll_timeout = duration(
+            "poll-timeout",
+            pick(&self.poll_timeout, "poll-timeout"),
+            d.poll_timeout,
+        )?;
+        let max_polls = count("max-polls", pick(&self.max_polls, "max-polls"), d.max_polls)?;
+        let replay_ttl = duration(
+            "replay-ttl",
+            pick(&self.replay_ttl, "replay-ttl"),
+            d.replay_ttl,
+        )?;
+        let replay_capacity = count(
+            "replay-capacity",
+            pick(&self.replay_capacity, "replay-capacity"),
+            d.replay_capacity,
+        )?;
+        let api_token = match pick(&self.api_token, "api-token") {
+            Some(v) if v.is_empty() => None,
+            Some(v) if v.len() < 8 || !is_printable_ascii(&v) => {
+                return Err(ConfigError::invalid(
+                    "api-token",
+                    "must be at least 8 printable ASCII characters",
+                ));
+            }
+            Some(v) => Some(ApiToken(v)),
+            None => None,
+        };
+        let channel_pool_size = count(
+            "channel-pool-size",
+            pick(&self.channel_pool_size, "channel-pool-size"),
+            d.channel_pool_size,
+        )?;
+        if channel_pool_size > 2000 {
+            return Err(ConfigError::invalid(
+                "channel-pool-size",
+                "at most 2000 (RabbitMQ allows 2047 channels per connection)",
+            ));
+        }
+        let log_format = match pick(&self.log_format, "log-format").as_deref() {
+            None => d.log_format,
+            Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "log-format",
+                    format!("{other:?}: expected text or json"),
+                ));
+            }
+        };
+        let public_url = match pick(&self.public_url, "public-url") {
+            None => None,
+            Some(v) if v.is_empty() => None,
+            Some(v) => {
+                let url = Url::parse(&v)
+                    .map_err(|e| ConfigError::invalid("public-url", format!("{v:?}: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(ConfigError::invalid("public-url", "must be http or https"));
+                }
+                Some(url)
+            }
+        };
+        let cors_origins = if self.cors_origins.is_empty() {
+            file.get("cors-origin")
+                .map(|v| v.split(',').map(str::to_owned).collect())
+                .unwrap_or_default()
+        } else {
+            self.cors_origins.clone()
+        };
+        let cors_origins = cors_origins
+            .into_iter()
+            .map(|o| o.trim().to_owned())
+            .filter(|o| !o.is_empty())
+            .map(|o| validate_origin(&o).map(|()| o))
+            .collect::<Result<Vec<_>, _>>()?;
+        let drain_timeout = duration(
+            "drain-timeout",
+            pick(&self.drain_timeout, "drain-timeout"),
+            d.drain_timeout,
+        )?;
+        let memory = MemoryLimits {
+            max_messages_per_queue: count(
+                "memory-max-messages-per-queue",
+                pick(
+                    &self.memory_max_messages_per_queue,
+                    "memory-max-messages-per-queue",
+                ),
+                d.memory.max_messages_per_queue,
+            )?,
+            max_queues: count(
+                "memory-max-queues",
+                pick(&self.memory_max_queues, "memory-max-queues"),
+                d.memory.max_queues,
+            )?,
+        };
+
+        Ok(Settings {
+            listen,
+            admin_listen,
+            broker,
+            exchange,
+            exchange_type,
+            subscription_expiry,
+            queue_prefix,
+            poll_timeout,
+            max_polls,
+            replay_ttl,
+            replay_capacity,
+            api_token,
+            channel_pool_size,
+            log_format,
+            public_url,
+            cors_origins,
+            drain_timeout,
+            memory,
+        })
+    }
+}
+
+fn parse_addr(name: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.trim().parse().map_err(|_| {
+        ConfigError::invalid(name, format!("{v:?} is not an address like 0.0.0.0:8080"))
+    })
+}
+
+fn duration(name: &str, v: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    let d = parse_duration(&v).map_err(|why| ConfigError::invalid(name, why))?;
+    if d.is_zero() {
+        return Err(ConfigError::invalid(name, "must be greater than 0"));
+    }
+    Ok(d)
+}
+
+fn count(name: &str, v: Option<String>, default: usize) -> Result<usize, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    let n: usize = v
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::invalid(name, format!("{v:?} is not a whole number")))?;
+    if n == 0 {
+        return Err(ConfigError::invalid(name, "must be greater than 0"));
+    }
+    Ok(n)
+}
+
+fn validate_origin(origin: &str) -> Result<(), ConfigError> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let url = Url::parse(origin)
+        .map_err(|e| ConfigError::invalid("cors-origin", format!("{origin:?}: {e}")))?;
+    let bare = url.path() == "/" && url.query().is_none() && !origin.ends_with('/');
+    if !matches!(url.scheme(), "http" | "https") || !bare {
+        return Err(ConfigError::invalid(
+            "cors-origin",
+            format!("{origin:?}: expected an origin like https://example.com"),
+        ));
+    }
+    Ok(())
+}
+
+/// Printable ASCII: the bytes txlongpoll accepted in a queue name.
+pub fn is_printable_ascii(s: &str) -> bool {
+    s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(f: impl FnOnce(&mut ServeArgs)) -> ServeArgs {
+        let mut a = ServeArgs::default();
+        f(&mut a);
+        a
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = ServeArgs::default().into_settings().unwrap();
+        assert_eq!(s.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.admin_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(s.broker, BrokerUrl::Memory);
+        assert_eq!(s.exchange, "longpoll");
+        assert_eq!(s.exchange_type, ExchangeType::Topic);
+        assert_eq!(s.subscription_expiry, Duration::from_secs(300));
+        assert_eq!(s.queue_prefix, "longpoll.subscribe.");
+        assert_eq!(s.poll_timeout, Duration::from_secs(270));
+        assert_eq!(s.max_polls, 100_000);
+        assert_eq!(s.replay_ttl, Duration::from_secs(300));
+        assert!(s.api_token.is_none());
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn zero_poll_timeout_is_refused_with_its_name() {
+        let err = args(|a| a.poll_timeout = Some("0".into()))
+            .into_settings()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--poll-timeout"), "{err}");
+        assert!(err.contains("greater than 0"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn unparsable_broker_url_is_refused() {
+        for bad in ["http://x", "amqp//nohost", "not a url", "amqp://"] {
+            let err = args(|a| a.broker = Some(bad.into())).into_settings();
+            assert!(err.is_err(), "{bad} was accepted");
+            assert!(err.unwrap_err().to_string().contains("--broker"));
+        }
+    }
+
+    #[test]
+    fn broker_password_is_redacted_in_display_and_errors() {
+        let b = BrokerUrl::parse("amqp://user:s3cret@localhost:5672/%2f").unwrap();
+        assert!(!format!("{b} {b:?}").contains("s3cret"));
+        assert!(format!("{b}").contains("user:***@localhost"));
+    }
+
+    #[test]
+    fn file_values_apply_below_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(
+            &path,
+            "poll-timeout = \"30s\"\nmax_polls = 7\nexchange = \"from-file\"\ncors-origin = [\"https://a.example\", \"https://b.example\"]\n",
+        )
+        .unwrap();
+        let s = args(|a| {
+            a.config = Some(path.clone());
+            a.exchange = Some("from-flag".into());
+        })
+        .into_settings()
+        .unwrap();
+        assert_eq!(s.poll_timeout, Duration::from_secs(30));
+        assert_eq!(s.max_polls, 7);
+        assert_eq!(s.exchange, "from-flag");
+        assert_eq!(
+            s.cors_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
+    }
+
+    #[test]
+    fn unknown_file_key_is_refused_by_name() {
+        let err = FileValues::parse("pol-timeout = \"3s\"").unwrap_err();
+        assert!(err.contains("pol-timeout"), "{err}");
+    }
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("270s").unwrap(), Duration::from_secs(270));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("12").unwrap(), Duration::from_secs(12));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        assert!(validate_origin("https://example.com").is_ok());
+        assert!(validate_origin("http://127.0.0.1:8000").is_ok());
+        assert!(validate_origin("https://example.com/path").is_err());
+        assert!(validate_origin("example.com").is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! HTTP: the public and admin routers, the stack composition, the rescue of
+//! layer errors into contract answers, static assets and the accept loop.
+//!
+//! Must not: contain business rules — those live in `longpoll`, `api`, `publish`.
+
+pub mod admin;
+pub mod assets;
+pub mod rescue;
+pub mod router;
+pub mod server;
+
+use std::sync::Arc;
+
+use crate::api::ApiState;
+use crate::broker::Broker;
+use crate::config::Settings;
+use crate::longpoll::SequenceStore;
+use crate::shutdown::Shutdown;
+use crate::telemetry::Metrics;
+
+pub use router::app;
+
+/// Everything the routers share, built once by [`crate::gateway`].
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub broker: Arc<dyn Broker>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: Shutdown,
+    pub store: Arc<SequenceStore>,
+    pub api: ApiState,
+}

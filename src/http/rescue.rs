@@ -1,0 +1,137 @@
+//! [`PollRescueLayer`]: the outermost layer of the poll stack. It counts held
+//! polls and answers by status, and turns the errors of the layers below into
+//! the contract's answers:
+//!
+//! - load shed (over `--max-polls`) → 503 + `Retry-After`;
+//! - poll timeout → 408, or 503 + `Retry-After` when the broker was unreachable
+//!   for the whole wait (txlongpoll waited through broker loss until its timeout).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::Request;
+use tower::{BoxError, Layer, Service};
+
+use crate::broker::{Broker, Connectivity};
+use crate::longpoll::PollOutcome;
+use crate::telemetry::Metrics;
+
+/// Seconds a client is asked to wait when the gateway is full or the broker is down.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Clone)]
+pub struct PollRescueLayer {
+    metrics: Arc<Metrics>,
+    broker: Arc<dyn Broker>,
+}
+
+impl PollRescueLayer {
+    pub fn new(metrics: Arc<Metrics>, broker: Arc<dyn Broker>) -> Self {
+        PollRescueLayer { metrics, broker }
+    }
+}
+
+impl<S> Layer<S> for PollRescueLayer {
+    type Service = PollRescue<S>;
+    fn layer(&self, inner: S) -> PollRescue<S> {
+        PollRescue {
+            inner,
+            metrics: self.metrics.clone(),
+            broker: self.broker.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PollRescue<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+    broker: Arc<dyn Broker>,
+}
+
+/// Keeps `longpoll_polls_held` right however the request ends.
+struct Held(Arc<Metrics>);
+
+impl Held {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.polls_held.inc();
+        Held(metrics.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.polls_held.dec();
+    }
+}
+
+impl<S> Service<Request<Body>> for PollRescue<S>
+where
+    S: Service<Request<Body>, Response = Response> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Readiness is checked below by the load shedder.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let started = Instant::now();
+        let held = Held::new(&self.metrics);
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let metrics = self.metrics.clone();
+        let broker = self.broker.clone();
+        Box::pin(async move {
+            let result = tower::ServiceExt::ready(&mut inner)
+                .await
+                .map_err(Into::into);
+            let result = match result {
+                Ok(svc) => svc.call(req).await.map_err(Into::into),
+                Err(e) => Err(e),
+            };
+            drop(held);
+            let response = match result {
+                Ok(response) => response,
+                Err(e) => rescue(e, started, broker.as_ref()),
+            };
+            metrics.poll_answered(response.status().as_u16(), started.elapsed());
+            Ok(response)
+        })
+    }
+}
+
+fn rescue(error: BoxError, started: Instant, broker: &dyn Broker) -> Response {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        tracing::debug!("poll refused: --max-polls reached");
+        return PollOutcome::Unavailable {
+            retry_after_secs: RETRY_AFTER_SECS,
+        }
+        .into_response();
+    }
+    if error.is::<tower::timeout::error::Elapsed>() {
+        return match broker.connectivity() {
+            Connectivity::Disconnected { since } if since <= started => PollOutcome::Unavailable {
+                retry_after_secs: RETRY_AFTER_SECS,
+            },
+            _ => PollOutcome::Timeout,
+        }
+        .into_response();
+    }
+    tracing::error!(error = %error, "poll failed");
+    PollOutcome::Unavailable {
+        retry_after_secs: RETRY_AFTER_SECS,
+    }
+    .into_response()
+}

@@ -1,0 +1,174 @@
+//! The one place where routes and layers are put together.
+//!
+//! Public listener, outermost first:
+//!
+//! ```text
+//! request id (x-request-id: set if absent, echoed back)
+//! TraceLayer                 span per request; the path only, keys redacted
+//! ├─ /api/...                management API (token, JSON)      — api::routes
+//! ├─ /longpoll.js, /demo...  static assets                     — http::assets
+//! └─ any other path: the long-poll stack
+//!      CORS                  --cors-origin (answers preflights before anything counts them)
+//!      PollRescueLayer       held/answered metrics; overload and timeout → 503 / 408
+//!      LoadShed              refuse at once instead of queueing when full…
+//!      GlobalConcurrencyLimit  …at --max-polls, one semaphore for the whole replica
+//!      Timeout               --poll-timeout
+//!      SequenceDedupLayer    replay, supersede, stale, ack-on-next
+//!      poll handler
+//! ```
+//!
+//! The admin listener (`/healthz`, `/readyz`, `/metrics`) is a separate router
+//! so that it never shares a port with anything an ingress routes.
+
+use std::convert::Infallible;
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::Response;
+use http::Request;
+use http::header::{HeaderName, HeaderValue};
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::timeout::TimeoutLayer;
+use tower::util::BoxCloneSyncService;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use super::AppState;
+use super::rescue::PollRescueLayer;
+use crate::longpoll::{PollContext, QueueRules, SequenceDedupLayer, handle_poll};
+use crate::telemetry::key_hash;
+
+/// The poll stack as one cloneable service.
+pub type PollService = BoxCloneSyncService<Request<Body>, Response, Infallible>;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The public router.
+pub fn app(state: &AppState) -> Router {
+    Router::new()
+        .merge(crate::api::routes(state.api.clone()))
+        .merge(super::assets::routes())
+        .fallback_service(poll_stack(state))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(make_span)
+                        .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                        // 503 while draining and 408s are normal for long-polls.
+                        .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+                ),
+        )
+}
+
+/// The long-poll stack, outermost first (see the module docs for why each layer
+/// sits where it does).
+pub fn poll_stack(state: &AppState) -> PollService {
+    let settings = &state.settings;
+    let rules = QueueRules::new(settings.queue_prefix.clone());
+    let ctx = PollContext {
+        broker: state.broker.clone(),
+        rules: rules.clone(),
+        metrics: state.metrics.clone(),
+        shutdown: state.shutdown.clone(),
+    };
+    let handler = tower::service_fn(move |req: Request<Body>| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle_poll(ctx, req).await) }
+    });
+    let stack = ServiceBuilder::new()
+        .option_layer(cors_layer(&settings.cors_origins))
+        .layer(PollRescueLayer::new(
+            state.metrics.clone(),
+            state.broker.clone(),
+        ))
+        .layer(LoadShedLayer::new())
+        .layer(GlobalConcurrencyLimitLayer::new(settings.max_polls))
+        .layer(TimeoutLayer::new(settings.poll_timeout))
+        .layer(SequenceDedupLayer::new(state.store.clone(), rules))
+        .service(handler);
+    BoxCloneSyncService::new(stack)
+}
+
+/// CORS for pages on other origins that poll (none configured: no CORS headers).
+pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([http::Method::GET])
+            .expose_headers([
+                HeaderName::from_static(crate::longpoll::SEQUENCE_HEADER),
+                HeaderName::from_static(crate::longpoll::MESSAGE_ID_HEADER),
+                http::header::RETRY_AFTER,
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
+/// The request span: method, path (subscription keys in API paths redacted to
+/// a short hash), request id. Never the query: it holds the key.
+fn make_span(req: &Request<Body>) -> tracing::Span {
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %redact_path(req.uri().path()),
+        request_id = %request_id,
+    )
+}
+
+/// `/api/v1/subscriptions/{key}/...` → `/api/v1/subscriptions/key:{hash}/...`.
+pub fn redact_path(path: &str) -> String {
+    const PREFIX: &str = "/api/v1/subscriptions/";
+    match path.strip_prefix(PREFIX) {
+        Some(rest) => {
+            let (key, tail) = rest.split_once('/').map_or((rest, ""), |(k, t)| (k, t));
+            let sep = if tail.is_empty() && !rest.contains('/') {
+                ""
+            } else {
+                "/"
+            };
+            format!("{PREFIX}key:{}{sep}{tail}", key_hash(key))
+        }
+        None => path.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_paths_lose_their_keys() {
+        let p = redact_path("/api/v1/subscriptions/longpoll.subscribe.abc/bindings");
+        assert!(!p.contains("longpoll.subscribe.abc"));
+        assert!(p.starts_with("/api/v1/subscriptions/key:"));
+        assert!(p.ends_with("/bindings"));
+        let d = redact_path("/api/v1/subscriptions/longpoll.subscribe.abc");
+        assert!(!d.contains("abc") && !d.ends_with('/'));
+        assert_eq!(redact_path("/longpoll/"), "/longpoll/");
+    }
+}

@@ -1,0 +1,16 @@
+//! longpoll-gateway: browsers long-poll AMQP queues over plain HTTP.
+//!
+//! A txlongpoll-compatible gateway with a no-loss sequence contract, a
+//! management API, a Rust publishing API, and an embedded broker for single
+//! replicas. See the README for the tour and `CONTRACT.md` for the interface.
+
+pub mod api;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod longpoll;
+pub mod publish;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,180 @@
+//! The poll handler: parse → [`PollRequest`] → wait on the broker → [`PollOutcome`].
+//!
+//! Owns: the txlongpoll conventions applied to each message (`error` → 400,
+//! `original-uuid` equal to the polling uuid → skipped) and contract point 8
+//! (a redelivery of the message last answered for this uuid is acked and skipped).
+//! Must not: speak AMQP, or keep state between polls (the sequence layer does).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::Request;
+use tracing::Instrument;
+
+use super::outcome::{Answer, DeliveredAnswer, PollOutcome};
+use super::request::{PollQuery, PollRequest, QueueRules, parse_query};
+use crate::broker::{Broker, BrokerErrorKind, Delivery};
+use crate::shutdown::Shutdown;
+use crate::telemetry::{Metrics, key_hash};
+
+/// The message id last answered for the polled uuid, put in the request's
+/// extensions by the sequence layer.
+#[derive(Debug, Clone, Default)]
+pub struct LastAnsweredId(pub Option<Arc<str>>);
+
+/// What the handler needs, shared by every poll.
+#[derive(Clone)]
+pub struct PollContext {
+    pub broker: Arc<dyn Broker>,
+    pub rules: QueueRules,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: Shutdown,
+}
+
+/// Handles one poll request.
+pub async fn handle_poll(ctx: PollContext, req: Request<Body>) -> Response {
+    let request = match parse_query(req.uri().query()) {
+        Ok(PollQuery::Probe) => {
+            return PollOutcome::Probe {
+                prefix: ctx.rules.prefix().to_owned(),
+            }
+            .into_response();
+        }
+        Err(rejection) => return PollOutcome::Rejected(rejection).into_response(),
+        Ok(PollQuery::Poll(request)) => request,
+    };
+    if !ctx.rules.accepts(&request.uuid) {
+        return PollOutcome::NotFound.into_response();
+    }
+    if ctx.shutdown.is_draining() {
+        return PollOutcome::Unavailable {
+            retry_after_secs: 0,
+        }
+        .into_response();
+    }
+    let last = req
+        .extensions()
+        .get::<LastAnsweredId>()
+        .cloned()
+        .unwrap_or_default();
+    let span = tracing::debug_span!(
+        "poll.wait",
+        key_hash = %key_hash(&request.uuid),
+        sequence = request.sequence
+    );
+    let outcome = async {
+        tokio::select! {
+            outcome = wait_for_message(&ctx, &request, last) => outcome,
+            _ = ctx.shutdown.draining() => PollOutcome::Unavailable { retry_after_secs: 0 },
+        }
+    }
+    .instrument(span)
+    .await;
+    outcome.into_response()
+}
+
+/// What the body says about how to treat the message.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct BodyFlags {
+    is_error: bool,
+    from_this_client: bool,
+}
+
+/// Looks for the `error` and `original-uuid` keys. Parsing every body would cost
+/// on the hot path, so only bodies that could hold those keys (including as
+/// `\u`-escaped names) are parsed.
+fn inspect_body(body: &[u8], uuid: &str) -> BodyFlags {
+    let maybe = memchr::memmem::find(body, b"\"error\"").is_some()
+        || memchr::memmem::find(body, b"\"original-uuid\"").is_some()
+        || memchr::memmem::find(body, b"\\u").is_some();
+    if !maybe {
+        return BodyFlags::default();
+    }
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) {
+        Ok(object) => BodyFlags {
+            is_error: object.contains_key("error"),
+            from_this_client: object
+                .get("original-uuid")
+                .and_then(|v| v.as_str())
+                .is_some_and(|v| v == uuid),
+        },
+        Err(_) => BodyFlags::default(),
+    }
+}
+
+async fn wait_for_message(
+    ctx: &PollContext,
+    request: &PollRequest,
+    last: LastAnsweredId,
+) -> PollOutcome {
+    loop {
+        let delivery: Delivery = match ctx.broker.next_message(&request.uuid).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == BrokerErrorKind::NotFound => return PollOutcome::NotFound,
+            Err(e) => {
+                tracing::warn!(error = %e, "poll failed on the broker");
+                return PollOutcome::Unavailable {
+                    retry_after_secs: 1,
+                };
+            }
+        };
+        let redelivery_of_last = delivery.redelivered
+            && last
+                .0
+                .as_deref()
+                .is_some_and(|id| id == &*delivery.message_id);
+        let flags = inspect_body(&delivery.body, &request.uuid);
+        if redelivery_of_last || flags.from_this_client {
+            tracing::debug!(
+                redelivery_of_last,
+                original_uuid = flags.from_this_client,
+                "skipping a message"
+            );
+            ctx.metrics.messages_skipped.inc();
+            if let Err(e) = delivery.acker.ack().await {
+                tracing::debug!(error = %e, "ack of a skipped message failed");
+            }
+            continue;
+        }
+        ctx.metrics.messages_delivered.inc();
+        if let Some(published) = delivery.published_at
+            && let Ok(latency) = SystemTime::now().duration_since(published)
+        {
+            ctx.metrics
+                .delivery_latency_seconds
+                .observe(latency.as_secs_f64());
+        }
+        let answer = Arc::new(Answer {
+            sequence: request.sequence,
+            body: delivery.body,
+            message_id: delivery.message_id,
+            is_error: flags.is_error,
+        });
+        return PollOutcome::Message(DeliveredAnswer::new(answer, delivery.acker));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conventions_are_read_from_the_body() {
+        let uuid = "longpoll.subscribe.x";
+        assert_eq!(inspect_body(b"{\"a\":1}", uuid), BodyFlags::default());
+        assert!(inspect_body(b"{\"error\":\"boom\"}", uuid).is_error);
+        assert!(inspect_body(b"{\"\\u0065rror\":1}", uuid).is_error);
+        assert!(
+            inspect_body(b"{\"original-uuid\":\"longpoll.subscribe.x\"}", uuid).from_this_client
+        );
+        assert!(
+            !inspect_body(b"{\"original-uuid\":\"longpoll.subscribe.y\"}", uuid).from_this_client
+        );
+        // A value "error" is not a key.
+        assert!(!inspect_body(b"{\"what\":\"error\"}", uuid).is_error);
+        assert!(!inspect_body(b"[\"error\"]", uuid).is_error);
+        assert!(!inspect_body(b"not json \"error\"", uuid).is_error);
+    }
+}

@@ -1,0 +1,148 @@
+//! Parsing a poll's query string into a [`PollRequest`], and the queue-name rule.
+//!
+//! txlongpoll's request: `GET /?uuid={queue}&sequence={n}` on any path.
+
+/// What a poll's query asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollQuery {
+    /// Neither `uuid` nor `sequence`: the monitoring probe.
+    Probe,
+    /// A long-poll.
+    Poll(PollRequest),
+}
+
+/// A long-poll for the next message of one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollRequest {
+    /// The subscription key: the queue name (a bearer secret — never log it).
+    pub uuid: String,
+    /// The client's sequence number.
+    pub sequence: u64,
+}
+
+/// Why a query is refused (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueryRejection {
+    /// One of `uuid`/`sequence` is missing or empty, or given twice.
+    #[error("Invalid request")]
+    InvalidRequest,
+    /// `sequence` is not a non-negative integer that fits in 64 bits.
+    #[error("Invalid sequence")]
+    InvalidSequence,
+}
+
+/// Parses `uuid` and `sequence` from a raw query string (percent-decoded).
+pub fn parse_query(query: Option<&str>) -> Result<PollQuery, QueryRejection> {
+    let mut uuid: Option<String> = None;
+    let mut sequence: Option<String> = None;
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let slot = match name.as_ref() {
+            "uuid" => &mut uuid,
+            "sequence" => &mut sequence,
+            _ => continue,
+        };
+        if slot.is_some() {
+            // Ambiguous: a proxy hashing on the first and us reading another
+            // would split one client across replicas.
+            return Err(QueryRejection::InvalidRequest);
+        }
+        *slot = Some(value.into_owned());
+    }
+    match (uuid, sequence) {
+        (None, None) => Ok(PollQuery::Probe),
+        (Some(u), Some(s)) if !u.is_empty() && !s.is_empty() => {
+            if !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(QueryRejection::InvalidSequence);
+            }
+            let sequence = s.parse().map_err(|_| QueryRejection::InvalidSequence)?;
+            Ok(PollQuery::Poll(PollRequest { uuid: u, sequence }))
+        }
+        _ => Err(QueryRejection::InvalidRequest),
+    }
+}
+
+/// The rule that keeps browsers to their own queues: the name must carry the
+/// queue prefix, be at most 255 bytes and printable ASCII. Anything else is
+/// answered 404 without asking the broker.
+#[derive(Debug, Clone)]
+pub struct QueueRules {
+    prefix: String,
+}
+
+impl QueueRules {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        QueueRules {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// May this queue be polled?
+    pub fn accepts(&self, queue: &str) -> bool {
+        queue.len() <= 255
+            && queue.len() > self.prefix.len()
+            && queue.starts_with(&self.prefix)
+            && crate::config::is_printable_ascii(queue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll(uuid: &str, sequence: u64) -> Result<PollQuery, QueryRejection> {
+        Ok(PollQuery::Poll(PollRequest {
+            uuid: uuid.into(),
+            sequence,
+        }))
+    }
+
+    #[test]
+    fn the_query_forms_of_the_contract() {
+        assert_eq!(parse_query(None), Ok(PollQuery::Probe));
+        assert_eq!(parse_query(Some("")), Ok(PollQuery::Probe));
+        assert_eq!(parse_query(Some("other=1")), Ok(PollQuery::Probe));
+        assert_eq!(parse_query(Some("uuid=q&sequence=1")), poll("q", 1));
+        assert_eq!(parse_query(Some("sequence=0&uuid=a%2Eb")), poll("a.b", 0));
+        assert_eq!(
+            parse_query(Some("uuid=q&sequence=18446744073709551615")),
+            poll("q", u64::MAX)
+        );
+        for bad in [
+            "uuid=q",
+            "sequence=1",
+            "uuid=&sequence=1",
+            "uuid=q&sequence=",
+            "uuid=a&uuid=b&sequence=1",
+        ] {
+            assert_eq!(
+                parse_query(Some(bad)),
+                Err(QueryRejection::InvalidRequest),
+                "{bad}"
+            );
+        }
+        for bad in ["-1", "+1", "1.0", "abc", "18446744073709551616", "1%20"] {
+            let q = format!("uuid=q&sequence={bad}");
+            assert_eq!(
+                parse_query(Some(&q)),
+                Err(QueryRejection::InvalidSequence),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn queue_rules_keep_browsers_to_prefixed_printable_names() {
+        let rules = QueueRules::new("longpoll.subscribe.");
+        assert!(rules.accepts("longpoll.subscribe.abc"));
+        assert!(!rules.accepts("longpoll.subscribe."));
+        assert!(!rules.accepts("other.queue"));
+        assert!(!rules.accepts("longpoll.subscribe.a b"));
+        assert!(!rules.accepts("longpoll.subscribe.é"));
+        assert!(!rules.accepts(&format!("longpoll.subscribe.{}", "x".repeat(237))));
+        assert!(rules.accepts(&format!("longpoll.subscribe.{}", "x".repeat(236))));
+    }
+}

@@ -1,0 +1,197 @@
+//! [`SequenceDedupLayer`] / [`SequenceDedup`]: the Tower layer that applies the
+//! sequence contract around the poll handler.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::Request;
+use tower::{Layer, Service};
+
+use super::store::{Decision, SequenceStore, Signal, Waiting};
+use crate::broker::Acker;
+use crate::longpoll::handler::LastAnsweredId;
+use crate::longpoll::outcome::{DeliveredAnswer, PollOutcome};
+use crate::longpoll::request::{PollQuery, QueueRules, parse_query};
+
+/// Applies the sequence contract: replay, stale, supersede, ack-on-next.
+#[derive(Clone, Debug)]
+pub struct SequenceDedupLayer {
+    store: Arc<SequenceStore>,
+    rules: QueueRules,
+}
+
+impl SequenceDedupLayer {
+    /// Wraps a store; starts the sweeper that requeues answers past their TTL.
+    pub fn new(store: Arc<SequenceStore>, rules: QueueRules) -> Self {
+        tokio::spawn(sweep(Arc::downgrade(&store)));
+        SequenceDedupLayer { store, rules }
+    }
+}
+
+impl<S> Layer<S> for SequenceDedupLayer {
+    type Service = SequenceDedup<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SequenceDedup {
+            inner,
+            store: self.store.clone(),
+            rules: self.rules.clone(),
+        }
+    }
+}
+
+/// The service made by [`SequenceDedupLayer`].
+#[derive(Clone, Debug)]
+pub struct SequenceDedup<S> {
+    inner: S,
+    store: Arc<SequenceStore>,
+    rules: QueueRules,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> Service<Request<Body>> for SequenceDedup<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        // The readied service goes with the call; a fresh clone stays behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let poll = match parse_query(req.uri().query()) {
+            Ok(PollQuery::Poll(p)) if self.rules.accepts(&p.uuid) => p,
+            // Probes, 400s and 404s carry no sequence state.
+            _ => return Box::pin(inner.call(req)),
+        };
+        let store = self.store.clone();
+        Box::pin(async move {
+            let waiting = match store.begin(&poll.uuid, poll.sequence) {
+                Decision::Replay(answer) => {
+                    tracing::debug!(sequence = poll.sequence, "replaying an answered sequence");
+                    return Ok(PollOutcome::Replay(answer).into_response());
+                }
+                Decision::Stale { last_answered } => {
+                    return Ok(PollOutcome::Stale { last_answered }.into_response());
+                }
+                Decision::Wait(w) => w,
+            };
+            let Waiting {
+                ticket,
+                signals,
+                ack,
+                last_message_id,
+            } = waiting;
+            let mut ticket = Ticket {
+                store: store.clone(),
+                uuid: poll.uuid.clone(),
+                ticket,
+                done: false,
+            };
+            if let Some(previous) = ack
+                && let Err(e) = previous.ack().await
+            {
+                // Its channel is gone, so the broker requeued it; the
+                // handler will skip its redelivery (same message id).
+                tracing::debug!(error = %e, "ack of the previous answer failed");
+            }
+            req.extensions_mut().insert(LastAnsweredId(last_message_id));
+            tokio::select! {
+                biased;
+                response = inner.call(req) => {
+                    let Ok(mut response) = response;
+                    let delivered = response.extensions_mut().remove::<DeliveredAnswer>();
+                    let answer = delivered.map(|d| {
+                        let acker = d.take_acker();
+                        (d.answer, acker)
+                    });
+                    requeue(ticket.finish(answer));
+                    Ok(response)
+                }
+                signal = signals => {
+                    let outcome = match signal {
+                        Ok(Signal::Replay(answer)) => PollOutcome::Replay(answer),
+                        // A dropped sender means the slot was reset: treat as superseded.
+                        Ok(Signal::Superseded) | Err(_) => PollOutcome::Superseded,
+                    };
+                    requeue(ticket.finish(None));
+                    Ok(outcome.into_response())
+                }
+            }
+        })
+    }
+}
+
+/// Ends a waiting poll in the store, also when its future is dropped (client
+/// gone, timeout): the held slot must not outlive the request.
+struct Ticket {
+    store: Arc<SequenceStore>,
+    uuid: String,
+    ticket: u64,
+    done: bool,
+}
+
+impl Ticket {
+    fn finish(
+        &mut self,
+        answer: Option<(Arc<crate::longpoll::outcome::Answer>, Option<Acker>)>,
+    ) -> Vec<Acker> {
+        self.done = true;
+        self.store.finish(&self.uuid, self.ticket, answer)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            requeue(self.store.finish(&self.uuid, self.ticket, None));
+        }
+    }
+}
+
+fn requeue(ackers: Vec<Acker>) {
+    if ackers.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for acker in ackers {
+            if let Err(e) = acker.requeue().await {
+                tracing::debug!(error = %e, "requeue failed (the broker requeues on channel close)");
+            }
+        }
+    });
+}
+
+/// Requeues answers whose client did not come back within the replay TTL.
+async fn sweep(store: std::sync::Weak<SequenceStore>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let expired = store.expire(tokio::time::Instant::now());
+        if !expired.is_empty() {
+            tracing::debug!(
+                count = expired.len(),
+                "requeueing answers past the replay TTL"
+            );
+        }
+        requeue(expired);
+    }
+}

@@ -1,0 +1,29 @@
+//! The sequence contract as a Tower layer: no loss, safe retries.
+//!
+//! ```text
+//! (uuid, n) answered with a message  → the message stays unacked, the answer is kept
+//! (uuid, n) again                    → the same answer (replay), nothing consumed
+//! (uuid, m > n)                      → ack n (the client has it), wait for the next
+//! (uuid, m < last answered)          → 409 "Stale sequence", X-Longpoll-Sequence: last
+//! a second poll while one is held    → the newer waits, the older gets 409 "Superseded"
+//! client gone before the answer      → the message goes back to its queue (requeue)
+//! no retry within --replay-ttl       → the unacked message is requeued
+//! ```
+//!
+//! Where it sits: inside the timeout and concurrency limit, directly around the
+//! poll handler (see `http::router`). It must sit inside the timeout so that a
+//! poll cut by the timeout releases its held slot (the [`layer`] ticket does that
+//! on drop), and directly around the handler so that the ack handle of an answer
+//! (carried out in the response's extensions) is taken before anything else
+//! could drop it.
+//!
+//! The store is per replica and in memory. With ingress consistent hashing on
+//! `uuid` a client's retries reach the same replica; without it, or after a
+//! replica dies, no message is lost (its unacked messages go back to the queue)
+//! and the message id lets the client drop a duplicate.
+
+mod layer;
+mod store;
+
+pub use layer::{SequenceDedup, SequenceDedupLayer};
+pub use store::{Decision, SequenceStore, Signal};

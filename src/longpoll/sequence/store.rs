@@ -1,0 +1,368 @@
+//! The sequence store: per uuid, the last answer (with its unacked message), the
+//! last answered sequence and message id, and the poll held now.
+//!
+//! Bounded by `--replay-ttl` (answers older than it are requeued and forgotten)
+//! and by `--replay-capacity` (beyond it, the oldest answers are requeued).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::broker::Acker;
+use crate::longpoll::outcome::Answer;
+use crate::telemetry::Metrics;
+
+/// Sent to a held poll by a newer one, or by an older poll that got the answer
+/// the held one is waiting for.
+#[derive(Debug)]
+pub enum Signal {
+    /// A newer poll for the same uuid took over: answer 409.
+    Superseded,
+    /// The answer for this poll's sequence arrived on another request: replay it.
+    Replay(Arc<Answer>),
+}
+
+/// What to do with a poll, decided under the store's lock.
+#[derive(Debug)]
+pub enum Decision {
+    /// Retry of an answered sequence: the same answer again.
+    Replay(Arc<Answer>),
+    /// Below the last answered sequence: 409 with that sequence.
+    Stale { last_answered: u64 },
+    /// Wait for a message.
+    Wait(Waiting),
+}
+
+/// A poll admitted to wait. `ack` is the previous answer's message, proven
+/// received by this higher sequence: the caller acks it before waiting.
+#[derive(Debug)]
+pub struct Waiting {
+    pub ticket: u64,
+    pub signals: oneshot::Receiver<Signal>,
+    pub ack: Option<Acker>,
+    pub last_message_id: Option<Arc<str>>,
+}
+
+#[derive(Debug)]
+struct Held {
+    ticket: u64,
+    sequence: u64,
+    signal: oneshot::Sender<Signal>,
+}
+
+#[derive(Debug)]
+struct Answered {
+    answer: Arc<Answer>,
+    acker: Option<Acker>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    answered: Option<Answered>,
+    /// Last answered (sequence, message id); kept after the ack for the stale
+    /// check and to recognise a redelivery of the same message.
+    last: Option<(u64, Arc<str>)>,
+    held: Option<Held>,
+    /// Bumped on every new answer; an expiry entry applies only to its generation.
+    generation: u64,
+}
+
+impl Slot {
+    fn is_empty(&self) -> bool {
+        self.answered.is_none() && self.last.is_none() && self.held.is_none()
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    slots: HashMap<Arc<str>, Slot>,
+    /// (expires, uuid, generation), in answer order (all answers share one TTL).
+    expiries: VecDeque<(Instant, Arc<str>, u64)>,
+    answered: usize,
+    next_ticket: u64,
+}
+
+/// Per-uuid sequence state for one replica.
+#[derive(Debug)]
+pub struct SequenceStore {
+    state: Mutex<State>,
+    ttl: Duration,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl SequenceStore {
+    pub fn new(ttl: Duration, capacity: usize, metrics: Arc<Metrics>) -> Self {
+        SequenceStore {
+            state: Mutex::new(State::default()),
+            ttl,
+            capacity: capacity.max(1),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a poll `(uuid, sequence)`.
+    pub fn begin(&self, uuid: &str, sequence: u64) -> Decision {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let slot = st.slots.entry(uuid.into()).or_default();
+        let mut ack = None;
+        if let Some(answered) = &slot.answered {
+            let answered_seq = answered.answer.sequence;
+            if sequence == answered_seq {
+                self.metrics.replays.inc();
+                return Decision::Replay(answered.answer.clone());
+            }
+            if sequence < answered_seq {
+                return Decision::Stale {
+                    last_answered: answered_seq,
+                };
+            }
+            // A higher sequence proves the client received the answer.
+            ack = slot.answered.take().and_then(|a| a.acker);
+            st.answered -= 1;
+        } else if let Some((last_seq, _)) = &slot.last
+            && sequence <= *last_seq
+        {
+            // Its answer was acked because a higher sequence came: going back is stale.
+            return Decision::Stale {
+                last_answered: *last_seq,
+            };
+        }
+        if let Some(previous) = slot.held.take() {
+            self.metrics.supersedes.inc();
+            let _ = previous.signal.send(Signal::Superseded);
+        }
+        st.next_ticket += 1;
+        let ticket = st.next_ticket;
+        let (tx, rx) = oneshot::channel();
+        slot.held = Some(Held {
+            ticket,
+            sequence,
+            signal: tx,
+        });
+        let last_message_id = slot.last.as_ref().map(|(_, id)| id.clone());
+        self.metrics.replay_entries.set(st.answered as i64);
+        Decision::Wait(Waiting {
+            ticket,
+            signals: rx,
+            ack,
+            last_message_id,
+        })
+    }
+
+    /// A waiting poll ended. With an answer, the answer (and its unacked
+    /// message) is kept for replay — even if the poll was superseded meanwhile,
+    /// since the message must not be lost. Returns messages to requeue (a
+    /// leftover from a race, answers evicted over capacity), which the caller
+    /// settles outside the lock.
+    pub fn finish(
+        &self,
+        uuid: &str,
+        ticket: u64,
+        answer: Option<(Arc<Answer>, Option<Acker>)>,
+    ) -> Vec<Acker> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(slot) = st.slots.get_mut(uuid) else {
+            // Forgotten while waiting (evicted over capacity): nothing to keep
+            // it in; give the message back.
+            return answer.and_then(|(_, acker)| acker).into_iter().collect();
+        };
+        if slot.held.as_ref().is_some_and(|h| h.ticket == ticket) {
+            slot.held = None;
+        }
+        let mut leftover = None;
+        if let Some((answer, acker)) = answer {
+            if let Some(old) = slot.answered.take() {
+                // Only in a race between two polls of one uuid; the client never
+                // confirmed it, so it goes back rather than being acked.
+                leftover = old.acker;
+                st.answered -= 1;
+            }
+            slot.generation += 1;
+            slot.last = Some((answer.sequence, answer.message_id.clone()));
+            // A newer poll waiting for this very sequence gets it at once.
+            if slot
+                .held
+                .as_ref()
+                .is_some_and(|h| h.sequence == answer.sequence)
+                && let Some(h) = slot.held.take()
+            {
+                let _ = h.signal.send(Signal::Replay(answer.clone()));
+            }
+            slot.answered = Some(Answered { answer, acker });
+            st.answered += 1;
+            st.expiries
+                .push_back((Instant::now() + self.ttl, uuid.into(), slot.generation));
+        } else if slot.is_empty() {
+            st.slots.remove(uuid);
+        }
+        let mut requeue = self.evict_over_capacity(st);
+        requeue.extend(leftover);
+        self.metrics.replay_entries.set(st.answered as i64);
+        requeue
+    }
+
+    /// Requeues answers past their TTL; returns them for the caller to settle.
+    pub fn expire(&self, now: Instant) -> Vec<Acker> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut out = Vec::new();
+        while st.expiries.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, uuid, generation)) = st.expiries.pop_front() {
+                out.extend(Self::forget(st, &uuid, generation));
+            }
+        }
+        self.metrics.replay_entries.set(st.answered as i64);
+        out
+    }
+
+    fn evict_over_capacity(&self, st: &mut State) -> Vec<Acker> {
+        let mut out = Vec::new();
+        while st.answered > self.capacity {
+            let Some((_, uuid, generation)) = st.expiries.pop_front() else {
+                break;
+            };
+            out.extend(Self::forget(st, &uuid, generation));
+        }
+        out
+    }
+
+    /// Drops the answer and the last-answered record of one generation.
+    fn forget(st: &mut State, uuid: &str, generation: u64) -> Option<Acker> {
+        let slot = st.slots.get_mut(uuid)?;
+        if slot.generation != generation {
+            return None;
+        }
+        let acker = slot.answered.take().and_then(|a| {
+            st.answered -= 1;
+            a.acker
+        });
+        slot.last = None;
+        if slot.is_empty() {
+            st.slots.remove(uuid);
+        }
+        acker
+    }
+
+    /// Takes every unacked answer (shutdown: they go back to their queues).
+    pub fn drain_all(&self) -> Vec<Acker> {
+        let mut st = self.lock();
+        let out: Vec<Acker> = st
+            .slots
+            .values_mut()
+            .filter_map(|s| s.answered.take().and_then(|a| a.acker))
+            .collect();
+        st.answered = 0;
+        self.metrics.replay_entries.set(0);
+        out
+    }
+
+    /// Number of answers kept now.
+    pub fn answered(&self) -> usize {
+        self.lock().answered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn store(ttl: Duration, capacity: usize) -> SequenceStore {
+        SequenceStore::new(ttl, capacity, Arc::new(Metrics::new()))
+    }
+
+    fn answer(sequence: u64, id: &str) -> Arc<Answer> {
+        Arc::new(Answer {
+            sequence,
+            body: Bytes::from_static(b"{}"),
+            message_id: id.into(),
+            is_error: false,
+        })
+    }
+
+    fn wait(d: Decision) -> Waiting {
+        match d {
+            Decision::Wait(w) => w,
+            other => panic!("expected to wait, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn same_sequence_replays_and_lower_is_stale() {
+        let s = store(Duration::from_secs(60), 10);
+        let w = wait(s.begin("u", 5));
+        s.finish("u", w.ticket, Some((answer(5, "m5"), None)));
+        assert!(matches!(s.begin("u", 5), Decision::Replay(a) if &*a.message_id == "m5"));
+        assert!(matches!(
+            s.begin("u", 4),
+            Decision::Stale { last_answered: 5 }
+        ));
+        let next = wait(s.begin("u", 6));
+        assert_eq!(next.last_message_id.as_deref(), Some("m5"));
+        // After the ack, going back is stale too.
+        assert!(matches!(
+            s.begin("u", 5),
+            Decision::Stale { last_answered: 5 }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_newer_poll_supersedes_the_held_one() {
+        let s = store(Duration::from_secs(60), 10);
+        let first = wait(s.begin("u", 1));
+        let second = wait(s.begin("u", 1));
+        assert!(matches!(first.signals.await, Ok(Signal::Superseded)));
+        // The superseded poll finishing does not disturb the new holder.
+        s.finish("u", first.ticket, None);
+        s.finish("u", second.ticket, Some((answer(1, "m1"), None)));
+        assert!(matches!(s.begin("u", 1), Decision::Replay(_)));
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_is_handed_to_the_poll_waiting_for_the_same_sequence() {
+        let s = store(Duration::from_secs(60), 10);
+        let first = wait(s.begin("u", 3));
+        let second = wait(s.begin("u", 3));
+        s.finish("u", first.ticket, Some((answer(3, "m3"), None)));
+        assert!(matches!(second.signals.await, Ok(Signal::Replay(a)) if a.sequence == 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_expire_after_the_ttl_and_the_slot_is_forgotten() {
+        let s = store(Duration::from_secs(300), 10);
+        let w = wait(s.begin("u", 1));
+        s.finish("u", w.ticket, Some((answer(1, "m1"), None)));
+        assert!(s.expire(Instant::now()).is_empty());
+        tokio::time::advance(Duration::from_secs(301)).await;
+        s.expire(Instant::now());
+        assert_eq!(s.answered(), 0);
+        assert!(s.lock().slots.is_empty());
+        // The same sequence now waits again instead of replaying.
+        assert!(matches!(s.begin("u", 1), Decision::Wait(_)));
+    }
+
+    #[tokio::test]
+    async fn capacity_bounds_the_answers_kept() {
+        let s = store(Duration::from_secs(300), 2);
+        for u in ["a", "b", "c"] {
+            let w = wait(s.begin(u, 1));
+            s.finish(u, w.ticket, Some((answer(1, u), None)));
+        }
+        assert_eq!(s.answered(), 2);
+        assert!(
+            matches!(s.begin("a", 1), Decision::Wait(_)),
+            "oldest evicted"
+        );
+        assert!(matches!(s.begin("c", 1), Decision::Replay(_)));
+    }
+}

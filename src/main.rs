@@ -1,0 +1,70 @@
+//! `longpoll-gateway`: `serve`, `subscribe`, `emit`. Parses the command line,
+//! reads the configuration once, and hands over; no logic lives here.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use longpoll_gateway::config::{Cli, Command};
+use longpoll_gateway::{cli, gateway, telemetry};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line that names the problem (clap's first line), not the usage dump.
+            let rendered = e.render().to_string();
+            let line = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid command line");
+            eprintln!("{line} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => {
+            let settings = match args.into_settings() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init_logging(settings.log_format);
+            runtime
+                .block_on(gateway::serve(settings))
+                .map_err(|e| e.to_string())
+        }
+        Command::Subscribe(args) => runtime
+            .block_on(cli::subscribe(args))
+            .map_err(|e| e.to_string()),
+        Command::Emit(args) => runtime.block_on(cli::emit(args)).map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The publishing side, shared by the management API, the CLI and Rust
+//! applications: create subscriptions, emit events.
+//!
+//! Mirrors Launchpad's server-side design (`LongPollEvent.emit`, `subscribe`,
+//! the Storm life-cycle bridge, `capture_longpoll_emissions`):
+//!
+//! - [`Publisher`]: subscribe / add bindings / unsubscribe / emit, on any [`Broker`];
+//! - [`LongPollEvent`]: an event with an `event_key`, emitted through a publisher;
+//! - [`lifecycle`]: `longpoll.event.{table}.{id}` events with `"what"`;
+//! - [`capture_emissions`]: records emissions inside a scope instead of publishing.
+//!
+//! Must not: depend on axum or know about HTTP.
+
+pub mod capture;
+pub mod lifecycle;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+pub use capture::{EventRecord, capture_emissions};
+pub use lifecycle::{LifecycleEvent, ModelChange};
+
+use crate::broker::{Broker, BrokerError, BrokerErrorKind, OutgoingMessage, validate_event_key};
+
+/// Most event keys one subscription request may carry.
+pub const MAX_EVENT_KEYS: usize = 100;
+
+/// A subscription: the queue a browser polls, and where it polls.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Subscription {
+    /// `{queue-prefix}{uuid-v4}`: the queue name, a bearer secret.
+    pub key: String,
+    /// The poll URI handed to the browser (`LP.cache.longpoll.uri`).
+    pub uri: String,
+}
+
+/// Why publishing-side input is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// An event key no broker would take (or a wildcard where none is allowed).
+    #[error("invalid event key: {0}")]
+    InvalidEventKey(String),
+    /// Wrong number of event keys.
+    #[error("{0}")]
+    InvalidEventKeys(String),
+    /// An event payload that is not a JSON object.
+    #[error("an event must be a JSON object")]
+    NotAnObject,
+    /// Not a subscription key of this gateway.
+    #[error("unknown subscription")]
+    UnknownSubscription,
+    /// The broker failed or refused.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Subscribes and emits on a broker.
+#[derive(Clone)]
+pub struct Publisher {
+    broker: Arc<dyn Broker>,
+    queue_prefix: String,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("broker", &self.broker.kind())
+            .field("queue_prefix", &self.queue_prefix)
+            .finish()
+    }
+}
+
+impl Publisher {
+    pub fn new(broker: Arc<dyn Broker>, queue_prefix: impl Into<String>) -> Self {
+        Publisher {
+            broker,
+            queue_prefix: queue_prefix.into(),
+        }
+    }
+
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    fn check_keys(event_keys: &[String]) -> Result<(), PublishError> {
+        if event_keys.is_empty() || event_keys.len() > MAX_EVENT_KEYS {
+            return Err(PublishError::InvalidEventKeys(format!(
+                "event_keys must hold 1 to {MAX_EVENT_KEYS} keys"
+            )));
+        }
+        for key in event_keys {
+            validate_event_key(key, true).map_err(PublishError::InvalidEventKey)?;
+        }
+        Ok(())
+    }
+
+    /// Is this a key this gateway hands out (prefix, length, characters)?
+    pub fn is_subscription_key(&self, key: &str) -> bool {
+        crate::longpoll::QueueRules::new(self.queue_prefix.clone()).accepts(key)
+    }
+
+    /// Creates a subscription queue bound to each event key; returns its key.
+    pub async fn subscribe(&self, event_keys: &[String]) -> Result<String, PublishError> {
+        Self::check_keys(event_keys)?;
+        // uuid v4 draws 122 bits from the OS CSPRNG.
+        let key = format!("{}{}", self.queue_prefix, uuid::Uuid::new_v4());
+        self.broker.declare_subscription(&key, event_keys).await?;
+        Ok(key)
+    }
+
+    /// Binds an existing subscription to more event keys.
+    pub async fn add_bindings(&self, key: &str, event_keys: &[String]) -> Result<(), PublishError> {
+        if !self.is_subscription_key(key) {
+            return Err(PublishError::UnknownSubscription);
+        }
+        Self::check_keys(event_keys)?;
+        self.broker
+            .add_bindings(key, event_keys)
+            .await
+            .map_err(not_found_is_unknown)
+    }
+
+    /// Deletes a subscription.
+    pub async fn unsubscribe(&self, key: &str) -> Result<(), PublishError> {
+        if !self.is_subscription_key(key) {
+            return Err(PublishError::UnknownSubscription);
+        }
+        self.broker
+            .delete_subscription(key)
+            .await
+            .map_err(not_found_is_unknown)
+    }
+
+    /// Emits an event: publishes `payload` plus `"event_key"` under `event_key`,
+    /// with a fresh message id, and returns that id once the broker confirmed.
+    /// Inside [`capture_emissions`] the event is recorded instead of published.
+    pub async fn emit(
+        &self,
+        event_key: &str,
+        payload: Map<String, Value>,
+    ) -> Result<String, PublishError> {
+        self.emit_with_headers(event_key, payload, Vec::new()).await
+    }
+
+    /// [`Publisher::emit`] with extra message headers (trace context).
+    pub async fn emit_with_headers(
+        &self,
+        event_key: &str,
+        payload: Map<String, Value>,
+        headers: Vec<(String, String)>,
+    ) -> Result<String, PublishError> {
+        validate_event_key(event_key, false).map_err(PublishError::InvalidEventKey)?;
+        let message_id = uuid::Uuid::new_v4().to_string();
+        if capture::record(event_key, &payload) {
+            return Ok(message_id);
+        }
+        let body = event_body(event_key, payload);
+        self.broker
+            .publish(OutgoingMessage {
+                routing_key: event_key.to_owned(),
+                body,
+                message_id: message_id.clone(),
+                published_at: SystemTime::now(),
+                headers,
+            })
+            .await?;
+        Ok(message_id)
+    }
+}
+
+fn not_found_is_unknown(e: BrokerError) -> PublishError {
+    if e.kind() == BrokerErrorKind::NotFound {
+        PublishError::UnknownSubscription
+    } else {
+        PublishError::Broker(e)
+    }
+}
+
+/// The published body: the payload with `"event_key"` set, as Launchpad's
+/// `LongPollEvent.emit` built it.
+pub fn event_body(event_key: &str, mut payload: Map<String, Value>) -> Bytes {
+    payload.insert("event_key".into(), Value::String(event_key.to_owned()));
+    // Serialising a map of JSON values cannot fail.
+    Bytes::from(serde_json::to_vec(&Value::Object(payload)).unwrap_or_default())
+}
+
+/// An event that can be emitted, as Launchpad's `ILongPollEvent`: a stable,
+/// predictable key to which subscription queues are bound.
+///
+/// ```
+/// use longpoll_gateway::publish::{LongPollEvent, Publisher};
+/// use longpoll_gateway::broker::{Broker, MemoryBroker, memory::MemoryOptions};
+/// use longpoll_gateway::telemetry::Metrics;
+/// use std::sync::Arc;
+///
+/// struct MergeProposalUpdated { id: u64 }
+///
+/// impl LongPollEvent for MergeProposalUpdated {
+///     fn event_key(&self) -> String {
+///         format!("longpoll.event.branchmergeproposal.{}", self.id)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let broker = Arc::new(MemoryBroker::new(MemoryOptions::default(), Arc::new(Metrics::new())));
+/// let publisher = Publisher::new(broker.clone(), "longpoll.subscribe.");
+/// let event = MergeProposalUpdated { id: 1234 };
+/// let key = publisher.subscribe(&[event.event_key()]).await.unwrap();
+///
+/// event.emit(&publisher, serde_json::json!({"diff": "updated"})).await.unwrap();
+///
+/// let delivery = broker.next_message(&key).await.unwrap();
+/// let body: serde_json::Value = serde_json::from_slice(&delivery.body).unwrap();
+/// assert_eq!(body["event_key"], "longpoll.event.branchmergeproposal.1234");
+/// assert_eq!(body["diff"], "updated");
+/// # }
+/// ```
+#[async_trait::async_trait]
+pub trait LongPollEvent: Send + Sync {
+    /// The key events are emitted with, e.g. `longpoll.event.branchmergeproposal.1234`.
+    fn event_key(&self) -> String;
+
+    /// Emits `payload` (a JSON object, or `null` for none) with this event's
+    /// key and returns the message id. Inside [`capture_emissions`] the
+    /// emission is recorded instead of published.
+    async fn emit(&self, publisher: &Publisher, payload: Value) -> Result<String, PublishError> {
+        let payload = match payload {
+            Value::Object(map) => map,
+            Value::Null => Map::new(),
+            _ => return Err(PublishError::NotAnObject),
+        };
+        publisher.emit(&self.event_key(), payload).await
+    }
+}
+
+impl Publisher {
+    /// Subscribes to events, as Launchpad's `subscribe(event)`: one queue bound
+    /// to every event's key, returned with the URI the browser polls.
+    pub async fn subscribe_events(
+        &self,
+        events: &[&dyn LongPollEvent],
+        uri: &str,
+    ) -> Result<Subscription, PublishError> {
+        let keys: Vec<String> = events.iter().map(|e| e.event_key()).collect();
+        let key = self.subscribe(&keys).await?;
+        Ok(Subscription {
+            key,
+            uri: uri.to_owned(),
+        })
+    }
+}

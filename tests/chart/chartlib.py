@@ -1,0 +1,200 @@
+"""Shared data and helpers of the chart tests: value sets, the parsed render, durations."""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+import re
+from typing import Any
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART_DIR = ROOT / "charts" / "longpoll-gateway"
+RELEASE = "lp"
+NAMESPACE = "longpoll"
+FULLNAME = "lp-longpoll-gateway"
+
+RABBITMQ_URL = "amqp://gateway:s3cret@rabbitmq.messaging.svc:5672/%2F"
+
+# A RabbitMQ broker: the base of every multi-replica value set.
+RABBITMQ: dict[str, Any] = {"replicaCount": 3, "config": {"broker": RABBITMQ_URL}}
+
+
+def deep_merge(base: dict[str, Any], *overrides: dict[str, Any]) -> dict[str, Any]:
+    """Merge dictionaries recursively, later ones winning (as `-f a.yaml -f b.yaml` does)."""
+    out = copy.deepcopy(base)
+    for override in overrides:
+        for key, value in override.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = deep_merge(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+# Named value sets rendered and validated against every Kubernetes version.
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "rabbitmq": deep_merge(RABBITMQ, {"config": {"apiToken": "token"}}),
+    "ingress": deep_merge(RABBITMQ, {"ingress": {"enabled": True}}),
+    "ingress-tls-api": deep_merge(
+        RABBITMQ,
+        {
+            "ingress": {
+                "enabled": True,
+                "exposeManagementApi": True,
+                "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
+                "tls": [{"secretName": "lp-tls", "hosts": ["longpoll.example.com"]}],
+            }
+        },
+    ),
+    "ingress-off": deep_merge(RABBITMQ, {"ingress": {"enabled": False}}),
+    "autoscaling-cpu": deep_merge(RABBITMQ, {"autoscaling": {"enabled": True}}),
+    "autoscaling-held-polls": deep_merge(
+        RABBITMQ,
+        {
+            "autoscaling": {
+                "enabled": True,
+                "targetCPUUtilizationPercentage": None,
+                "heldPolls": {"enabled": True, "averageValue": "15000"},
+            }
+        },
+    ),
+    "autoscaling-cpu-and-held-polls": deep_merge(
+        RABBITMQ,
+        {"autoscaling": {"enabled": True, "heldPolls": {"enabled": True}}},
+    ),
+    "existing-secret": {"replicaCount": 2, "existingSecret": "lp-broker"},
+    "network-policy": deep_merge(
+        RABBITMQ,
+        {
+            "networkPolicy": {
+                "enabled": True,
+                "rabbitmq": {
+                    "to": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": "messaging"}
+                            }
+                        }
+                    ]
+                },
+            },
+            "config": {"otel": {"endpoint": "http://otel-collector.observability:4317"}},
+        },
+    ),
+    "service-monitor": deep_merge(
+        RABBITMQ, {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}
+    ),
+    "httproute": deep_merge(RABBITMQ, {"httpRoute": {"enabled": True}}),
+    "everything": deep_merge(
+        RABBITMQ,
+        {
+            "ingress": {"enabled": True},
+            "httpRoute": {"enabled": True},
+            "autoscaling": {"enabled": True, "heldPolls": {"enabled": True}},
+            "networkPolicy": {"enabled": True},
+            "serviceMonitor": {"enabled": True},
+            "config": {
+                "apiToken": "token",
+                "channelPoolSize": 64,
+                "corsOrigins": ["https://a.example.com", "https://b.example.com"],
+                "publicUrl": "https://longpoll.example.com/longpoll/",
+                "otel": {"endpoint": "http://otel-collector:4318", "protocol": "http/protobuf"},
+            },
+            "extraEnv": [{"name": "EXTRA", "value": "1"}],
+            "podAnnotations": {"example.com/team": "web"},
+        },
+    ),
+}
+
+
+class Rendered:
+    """The manifests of one render, parsed, plus the NOTES text."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+        self.notes = ""
+        self.docs: list[dict[str, Any]] = []
+        for path, text in sorted(files.items()):
+            if path.endswith("NOTES.txt"):
+                self.notes = text
+                continue
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    self.docs.append(doc)
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [d for d in self.docs if d["kind"] == kind]
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = self.all(kind)
+        assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+        return found[0]
+
+    def has(self, kind: str) -> bool:
+        return bool(self.all(kind))
+
+    @property
+    def deployment(self) -> dict[str, Any]:
+        return self.one("Deployment")
+
+    @property
+    def pod(self) -> dict[str, Any]:
+        return self.deployment["spec"]["template"]["spec"]
+
+    @property
+    def container(self) -> dict[str, Any]:
+        containers = self.pod["containers"]
+        assert len(containers) == 1
+        return containers[0]
+
+    @property
+    def config(self) -> dict[str, str]:
+        """The ConfigMap's data: the environment the gateway gets (besides the Secret)."""
+        return self.one("ConfigMap")["data"]
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration such as 270s, 5m, 500ms, 4m30s (the binary's format)."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"([0-9]+)(ms|s|m|h)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+# Kinds whose schemas kubernetes-validate does not ship (CRDs): their structure is asserted
+# by the tests instead.
+CRD_KINDS = {"ServiceMonitor", "HTTPRoute"}
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def kube_versions(since: str = "1.29") -> list[str]:
+    """Every Kubernetes version kubernetes-validate ships schemas for, from `since` on."""
+    from kubernetes_validate import utils
+
+    versions = {v for v in utils.all_versions() if _version_key(v)[:2] >= _version_key(since)}
+    return sorted(versions, key=_version_key)
+
+
+def _cache_schemas() -> None:
+    """kubernetes-validate reads and parses the schema files (a few MB) on every call; keep
+    them in memory so that validating every manifest against every version stays fast."""
+    import functools
+
+    from kubernetes_validate import utils
+
+    if not hasattr(utils.schema_contents, "cache_info"):
+        utils.schema_contents = functools.lru_cache(maxsize=None)(utils.schema_contents)
+
+
+def validate_manifest(doc: dict[str, Any], version: str) -> None:
+    """Validate one manifest (strict: unknown fields are errors) against a Kubernetes version."""
+    import kubernetes_validate
+
+    _cache_schemas()
+    kubernetes_validate.validate(doc, version, strict=True)

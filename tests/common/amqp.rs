@@ -1,0 +1,118 @@
+//! Looking at RabbitMQ directly, around the gateway: publishing raw messages,
+//! declaring foreign queues, reading queue counts.
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+pub async fn connect() -> Connection {
+    Connection::connect(&super::amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ")
+}
+
+/// Declares a durable queue that expires when unused (cleans itself up).
+pub async fn declare_queue(conn: &Connection, name: &str) {
+    let ch = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(120_000));
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .expect("declare queue");
+}
+
+/// Publishes straight into a queue (default exchange), with publisher confirms.
+pub async fn publish_to_queue(conn: &Connection, queue: &str, body: &[u8], props: BasicProperties) {
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// (ready, consumers) through a passive declare.
+pub async fn ready_and_consumers(conn: &Connection, queue: &str) -> (u32, u32) {
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue exists");
+    (q.message_count(), q.consumer_count())
+}
+
+pub async fn delete_queue(conn: &Connection, queue: &str) {
+    if let Ok(ch) = conn.create_channel().await {
+        let _ = ch
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+/// `rabbitmqctl list_queues name messages_ready messages_unacknowledged` for
+/// every queue whose name starts with `prefix`.
+pub async fn rabbitmqctl_list(prefix: &str) -> Vec<(String, u64, u64)> {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ])
+        .output()
+        .await
+        .expect("run rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let name = parts.next()?;
+            let ready = parts.next()?.parse().ok()?;
+            let unacked = parts.next()?.parse().ok()?;
+            name.starts_with(prefix)
+                .then(|| (name.to_owned(), ready, unacked))
+        })
+        .collect()
+}
+
+/// (ready, unacked) of one queue as RabbitMQ reports it.
+pub async fn rabbitmqctl_counts(queue: &str) -> (u64, u64) {
+    rabbitmqctl_list(queue)
+        .await
+        .into_iter()
+        .find(|(name, _, _)| name == queue)
+        .map(|(_, r, u)| (r, u))
+        .unwrap_or_else(|| panic!("queue {queue} not listed by rabbitmqctl"))
+}
