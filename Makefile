@@ -1,0 +1,64 @@
+# longpoll-gateway — `make run` to try it, `make test` to check everything.
+
+CARGO ?= cargo
+# The tests that restart RabbitMQ run alone, after the rest.
+ISOLATED := binary(broker_restart)
+
+.PHONY: run test lint fmt-check clippy unit deps rust-tests doc-tests restart-tests \
+        chart-test browser-test bench image clean help
+
+help:
+	@echo "make run    - the gateway on the embedded broker, with the management API and /demo"
+	@echo "make test   - every test (starts RabbitMQ, installs what the tests need)"
+	@echo "make bench  - criterion benchmarks"
+	@echo "make image  - the container image (needs a Docker engine)"
+
+run:
+	@token="dev-$$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"; \
+	echo ""; \
+	echo "  longpoll-gateway on the embedded broker"; \
+	echo "  management API token: $$token"; \
+	echo "  demo page:            http://127.0.0.1:8080/demo?token=$$token"; \
+	echo "  metrics:              http://127.0.0.1:9090/metrics"; \
+	echo ""; \
+	exec $(CARGO) run --release --bin longpoll-gateway -- serve \
+	    --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --api-token "$$token"
+
+test: deps lint rust-tests doc-tests restart-tests chart-test browser-test
+
+deps:
+	scripts/ensure-rabbitmq
+	scripts/ensure-nextest
+
+lint: fmt-check clippy
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+rust-tests:
+	$(CARGO) nextest run --profile ci -E 'not $(ISOLATED)'
+
+doc-tests:
+	$(CARGO) test --doc --quiet
+
+restart-tests:
+	$(CARGO) nextest run --profile ci -E '$(ISOLATED)'
+	scripts/ensure-rabbitmq
+
+chart-test:
+	scripts/chart-test
+
+browser-test:
+	@if [ -x scripts/browser-test ]; then scripts/browser-test; else echo "browser tests: not present"; fi
+
+bench:
+	$(CARGO) bench
+
+image:
+	docker build -t longpoll-gateway:$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1) .
+
+clean:
+	$(CARGO) clean
