@@ -17,7 +17,8 @@ async fn status(url: &str) -> u16 {
 
 #[tokio::test]
 async fn bad_configuration_exits_non_zero_with_one_line_naming_the_problem() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 6] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
         (&["serve", "--poll-timeout", "0"], &[], "--poll-timeout"),
         (&["serve", "--broker", "amqp//nohost"], &[], "--broker"),
         (
