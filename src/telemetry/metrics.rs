@@ -147,7 +147,7 @@ impl Metrics {
         );
         registry.register(
             "events_published",
-            "Events published through the management API and confirmed by the broker",
+            "Events published (API, library, CLI) and confirmed by the broker",
             m.events_published.clone(),
         );
         registry.register(

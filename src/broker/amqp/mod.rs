@@ -576,7 +576,10 @@ impl Broker for AmqpBroker {
                     .await
                     .map_err(|e| from_lapin(&e))?;
                 match confirm {
-                    Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+                    Confirmation::Ack(_) | Confirmation::NotRequested => {
+                        self.inner.metrics.events_published.inc();
+                        Ok(())
+                    }
                     Confirmation::Nack(_) => Err(BrokerError::new(
                         BrokerErrorKind::Nacked,
                         "the broker did not accept the message",

@@ -402,6 +402,7 @@ impl Broker for MemoryBroker {
             });
             q.notify.notify_waiters();
         }
+        self.shared.metrics.events_published.inc();
         Ok(())
     }
 
