@@ -2,14 +2,16 @@
 
 CARGO ?= cargo
 # The tests that restart RabbitMQ run alone, after the rest.
-ISOLATED := binary(broker_restart)
+ISOLATED := binary(broker_restart) | binary(cluster)
 
 .PHONY: run test lint fmt-check clippy unit deps rust-tests doc-tests restart-tests \
-        chart-test browser-test bench image clean help
+        chart-test browser-test cluster-test load bench image clean help
 
 help:
 	@echo "make run    - the gateway on the embedded broker, with the management API and /demo"
 	@echo "make test   - every test (starts RabbitMQ, installs what the tests need)"
+	@echo "make cluster-test - 3 replicas behind nginx, failover scenarios at full size"
+	@echo "make load   - a load run with lp-load on both brokers"
 	@echo "make bench  - criterion benchmarks"
 	@echo "make image  - the container image (needs a Docker engine)"
 
@@ -53,6 +55,12 @@ chart-test:
 
 browser-test:
 	@if [ -x scripts/browser-test ]; then scripts/browser-test; else echo "browser tests: not present"; fi
+
+cluster-test:
+	scripts/cluster-test
+
+load:
+	scripts/load-run
 
 bench:
 	$(CARGO) bench

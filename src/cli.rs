@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use crate::broker::Broker;
 use crate::broker::amqp::{AmqpBroker, AmqpOptions};
@@ -143,6 +144,7 @@ fn connect(target: &Target, base: &Settings) -> Result<Via, CliError> {
                 .ok_or_else(|| fail("--gateway needs --api-token (or LONGPOLL_API_TOKEN)"))?;
             let base = gateway.trim_end_matches('/').to_owned();
             url::Url::parse(&base).map_err(|e| fail(format!("invalid --gateway: {e}")))?;
+            crate::install_tls_provider();
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -182,10 +184,14 @@ async fn call_gateway(
     url: String,
     body: &Value,
 ) -> Result<Value, CliError> {
-    let response = client
-        .post(&url)
-        .bearer_auth(token)
-        .json(body)
+    // The API request carries this command's trace context.
+    let mut trace = Vec::new();
+    crate::telemetry::traces::inject(&crate::telemetry::traces::current_context(), &mut trace);
+    let mut request = client.post(&url).bearer_auth(token).json(body);
+    for (k, v) in trace {
+        request = request.header(k, v);
+    }
+    let response = request
         .send()
         .await
         .map_err(|e| fail(format!("cannot reach the gateway: {}", describe(&e))))?;
@@ -262,7 +268,14 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<(), CliError> {
 }
 
 /// `longpoll-gateway emit`: prints `{"event_key": ..., "message_id": ...}`.
+/// Runs in a `longpoll-gateway emit` span: the published message carries its
+/// trace context (and with `--gateway`, the API request does too).
 pub async fn emit(args: EmitArgs) -> Result<(), CliError> {
+    let span = tracing::info_span!("longpoll-gateway emit", event_key = %args.event_key);
+    emit_in_span(args).instrument(span).await
+}
+
+async fn emit_in_span(args: EmitArgs) -> Result<(), CliError> {
     let payload: Map<String, Value> = match serde_json::from_str::<Value>(&args.payload) {
         Ok(Value::Object(map)) => map,
         Ok(_) => return Err(fail("the event must be a JSON object")),

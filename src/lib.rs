@@ -14,3 +14,9 @@ pub mod longpoll;
 pub mod publish;
 pub mod shutdown;
 pub mod telemetry;
+
+/// Installs ring as the process's TLS crypto provider (for the HTTP clients of
+/// the CLI and the load generator). Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -41,6 +41,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The gRPC span exporter needs the runtime's context when it is built.
+    let _runtime_context = runtime.enter();
     let result = match cli.command {
         Command::Serve(args) => {
             let settings = match args.into_settings() {
@@ -50,15 +52,24 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            telemetry::init_logging(settings.log_format);
-            runtime
-                .block_on(gateway::serve(settings))
-                .map_err(|e| e.to_string())
+            // Flushed below, outside block_on but with the runtime still alive.
+            let telemetry = telemetry::init(Some(settings.log_format));
+            let result = runtime.block_on(gateway::serve(settings));
+            telemetry.shutdown();
+            result.map_err(|e| e.to_string())
         }
-        Command::Subscribe(args) => runtime
-            .block_on(cli::subscribe(args))
-            .map_err(|e| e.to_string()),
-        Command::Emit(args) => runtime.block_on(cli::emit(args)).map_err(|e| e.to_string()),
+        Command::Subscribe(args) => {
+            let telemetry = telemetry::init(None);
+            let result = runtime.block_on(cli::subscribe(args));
+            telemetry.shutdown();
+            result.map_err(|e| e.to_string())
+        }
+        Command::Emit(args) => {
+            let telemetry = telemetry::init(None);
+            let result = runtime.block_on(cli::emit(args));
+            telemetry.shutdown();
+            result.map_err(|e| e.to_string())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -275,3 +275,30 @@ async fn a_thousand_held_polls_each_get_their_own_message_and_disconnects_lose_n
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p5_a_client_gone_while_its_consumer_starts_leaves_no_consumer_behind() {
+    // Found by the browser tests: a poll dropped while basic.consume was in
+    // flight left a consumer on the broker that nothing read or cancelled.
+    let gw = TestGateway::start(Backend::Rabbit).await;
+    let event = unique("longpoll.event.orphan");
+    let key = gw.subscribe(&[&event]).await;
+    let conn = common::amqp::connect().await;
+    for i in 0..100u64 {
+        let held = spawn_poll(&gw, &key, 1);
+        // Gone within milliseconds: some before, some during, some after the
+        // consumer starts.
+        tokio::time::sleep(Duration::from_micros(100 * (i % 40))).await;
+        held.abort();
+        gw.wait_metric("longpoll_polls_held", 0.0).await;
+        eventually(
+            Duration::from_secs(10),
+            "no consumer left on the broker",
+            || async { common::amqp::ready_and_consumers(&conn, &key).await.1 == 0 },
+        )
+        .await;
+    }
+    let id = gw.emit(&event, json!({"n": 1})).await;
+    let r = gw.poll(&key, 1).await;
+    assert_eq!((r.status, r.message_id()), (200, id.as_str()));
+}

@@ -28,6 +28,7 @@ pub use message_id::derive_message_id;
 
 use crate::config::{BrokerUrl, Settings};
 use crate::telemetry::Metrics;
+use crate::telemetry::traces::{SettleTrace, SpanParent};
 
 /// What went wrong talking to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +126,7 @@ pub trait Settle: Send + Sync {
 pub struct Acker {
     settle: Option<Box<dyn Settle>>,
     metrics: Arc<Metrics>,
+    trace: Option<SettleTrace>,
 }
 
 impl Acker {
@@ -132,15 +134,32 @@ impl Acker {
         Acker {
             settle: Some(settle),
             metrics,
+            trace: None,
         }
+    }
+
+    /// Records the ack/reject spans of this message (when tracing is enabled).
+    pub fn with_trace(mut self, trace: Option<SettleTrace>) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// Where this message's ack/reject spans will attach.
+    pub fn span_parent(&self) -> Option<SpanParent> {
+        self.trace.as_ref().map(|t| t.parent.clone())
     }
 
     pub async fn ack(mut self) -> Result<(), BrokerError> {
         match self.settle.take() {
             Some(s) => {
+                let start = SystemTime::now();
                 let r = s.ack().await;
                 if r.is_ok() {
                     self.metrics.messages_acked.inc();
+                }
+                if let Some(t) = &self.trace {
+                    let error = r.as_ref().err().map(|e| e.to_string());
+                    t.record("longpoll.ack", start, SystemTime::now(), error.as_deref());
                 }
                 r
             }
@@ -150,23 +169,40 @@ impl Acker {
 
     pub async fn requeue(mut self) -> Result<(), BrokerError> {
         match self.settle.take() {
-            Some(s) => {
-                self.metrics.messages_requeued.inc();
-                s.requeue().await
-            }
+            Some(s) => requeue(s, self.metrics.clone(), self.trace.take()).await,
             None => Ok(()),
         }
     }
 }
 
+async fn requeue(
+    settle: Box<dyn Settle>,
+    metrics: Arc<Metrics>,
+    trace: Option<SettleTrace>,
+) -> Result<(), BrokerError> {
+    metrics.messages_requeued.inc();
+    let start = SystemTime::now();
+    let r = settle.requeue().await;
+    if let Some(t) = &trace {
+        let error = r.as_ref().err().map(|e| e.to_string());
+        t.record(
+            "longpoll.reject",
+            start,
+            SystemTime::now(),
+            error.as_deref(),
+        );
+    }
+    r
+}
+
 impl Drop for Acker {
     fn drop(&mut self) {
         if let Some(settle) = self.settle.take() {
-            self.metrics.messages_requeued.inc();
+            let (metrics, trace) = (self.metrics.clone(), self.trace.take());
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(async move {
-                        if let Err(e) = settle.requeue().await {
+                        if let Err(e) = requeue(settle, metrics, trace).await {
                             tracing::debug!(error = %e, "requeue of an abandoned delivery failed (the broker requeues it when the channel closes)");
                         }
                     });

@@ -21,6 +21,7 @@ use tower::{BoxError, Layer, Service};
 use crate::broker::{Broker, Connectivity};
 use crate::longpoll::PollOutcome;
 use crate::telemetry::Metrics;
+use crate::telemetry::traces::{self, PollTrace};
 
 /// Seconds a client is asked to wait when the gateway is full or the broker is down.
 pub const RETRY_AFTER_SECS: u64 = 1;
@@ -55,21 +56,40 @@ pub struct PollRescue<S> {
     broker: Arc<dyn Broker>,
 }
 
-/// Keeps `longpoll_polls_held` right however the request ends.
-struct Held(Arc<Metrics>);
+/// Keeps `longpoll_polls_held` right however the request ends, and ends the
+/// poll's span — with status 499 when the client went away first.
+struct Held {
+    metrics: Arc<Metrics>,
+    trace: Option<(PollTrace, opentelemetry::Context)>,
+}
 
 impl Held {
-    fn new(metrics: &Arc<Metrics>) -> Self {
+    fn new(metrics: &Arc<Metrics>, trace: Option<PollTrace>) -> Self {
         metrics.polls_held.inc();
-        Held(metrics.clone())
+        Held {
+            metrics: metrics.clone(),
+            trace: trace.map(|t| (t, traces::current_context())),
+        }
+    }
+
+    fn answered(mut self, status: u16) {
+        if let Some((trace, request)) = self.trace.take() {
+            trace.finish(status, &request);
+        }
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.0.polls_held.dec();
+        self.metrics.polls_held.dec();
+        if let Some((trace, request)) = self.trace.take() {
+            trace.finish(CLIENT_CLOSED_REQUEST, &request);
+        }
     }
 }
+
+/// nginx's code for "the client closed the connection before the answer".
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 impl<S> Service<Request<Body>> for PollRescue<S>
 where
@@ -86,9 +106,13 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let started = Instant::now();
-        let held = Held::new(&self.metrics);
+        let trace = PollTrace::begin();
+        if let Some(t) = &trace {
+            req.extensions_mut().insert(t.clone());
+        }
+        let held = Held::new(&self.metrics, trace);
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let metrics = self.metrics.clone();
@@ -101,12 +125,13 @@ where
                 Ok(svc) => svc.call(req).await.map_err(Into::into),
                 Err(e) => Err(e),
             };
-            drop(held);
             let response = match result {
                 Ok(response) => response,
                 Err(e) => rescue(e, started, broker.as_ref()),
             };
-            metrics.poll_answered(response.status().as_u16(), started.elapsed());
+            let status = response.status().as_u16();
+            held.answered(status);
+            metrics.poll_answered(status, started.elapsed());
             Ok(response)
         })
     }

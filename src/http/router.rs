@@ -6,7 +6,7 @@
 //! request id (x-request-id: set if absent, echoed back)
 //! TraceLayer                 span per request; the path only, keys redacted
 //! ├─ /api/...                management API (token, JSON)      — api::routes
-//! ├─ /longpoll.js, /demo...  static assets                     — http::assets
+//! ├─ /longpoll[.{hash}].{js,mjs}, /demo[.css|.js]  static assets — http::assets
 //! └─ any other path: the long-poll stack
 //!      CORS                  --cors-origin (answers preflights before anything counts them)
 //!      PollRescueLayer       held/answered metrics; overload and timeout → 503 / 408
@@ -41,6 +41,8 @@ use super::AppState;
 use super::rescue::PollRescueLayer;
 use crate::longpoll::{PollContext, QueueRules, SequenceDedupLayer, handle_poll};
 use crate::telemetry::key_hash;
+use crate::telemetry::traces;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The poll stack as one cloneable service.
 pub type PollService = BoxCloneSyncService<Request<Body>, Response, Infallible>;
@@ -132,12 +134,29 @@ fn make_span(req: &Request<Body>) -> tracing::Span {
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         method = %req.method(),
         path = %redact_path(req.uri().path()),
         request_id = %request_id,
-    )
+        trace_id = tracing::field::Empty,
+    );
+    // An incoming traceparent is honoured: the request continues that trace.
+    let incoming = traces::context_from_http(req.headers());
+    if let Some(cx) = &incoming {
+        let _ = span.set_parent(cx.clone());
+    }
+    // The trace id every log line of the request carries: the span's own when
+    // spans are exported, else the caller's, else a fresh one.
+    let mut trace_id = traces::trace_id_of(&span.context());
+    if trace_id.is_empty() {
+        trace_id = incoming
+            .as_ref()
+            .map(traces::trace_id_of)
+            .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()));
+    }
+    span.record("trace_id", trace_id.as_str());
+    span
 }
 
 /// `/api/v1/subscriptions/{key}/...` → `/api/v1/subscriptions/key:{hash}/...`.

@@ -17,6 +17,7 @@ use super::outcome::{Answer, DeliveredAnswer, PollOutcome};
 use super::request::{PollQuery, PollRequest, QueueRules, parse_query};
 use crate::broker::{Broker, BrokerErrorKind, Delivery};
 use crate::shutdown::Shutdown;
+use crate::telemetry::traces::PollTrace;
 use crate::telemetry::{Metrics, key_hash};
 
 /// The message id last answered for the polled uuid, put in the request's
@@ -48,6 +49,9 @@ pub async fn handle_poll(ctx: PollContext, req: Request<Body>) -> Response {
     if !ctx.rules.accepts(&request.uuid) {
         return PollOutcome::NotFound.into_response();
     }
+    if let Some(t) = req.extensions().get::<PollTrace>() {
+        t.poll(&request.uuid, request.sequence);
+    }
     if ctx.shutdown.is_draining() {
         return PollOutcome::Unavailable {
             retry_after_secs: 0,
@@ -59,6 +63,7 @@ pub async fn handle_poll(ctx: PollContext, req: Request<Body>) -> Response {
         .get::<LastAnsweredId>()
         .cloned()
         .unwrap_or_default();
+    let trace = req.extensions().get::<PollTrace>().cloned();
     let span = tracing::debug_span!(
         "poll.wait",
         key_hash = %key_hash(&request.uuid),
@@ -66,7 +71,7 @@ pub async fn handle_poll(ctx: PollContext, req: Request<Body>) -> Response {
     );
     let outcome = async {
         tokio::select! {
-            outcome = wait_for_message(&ctx, &request, last) => outcome,
+            outcome = wait_for_message(&ctx, &request, last, trace.as_ref()) => outcome,
             _ = ctx.shutdown.draining() => PollOutcome::Unavailable { retry_after_secs: 0 },
         }
     }
@@ -108,9 +113,16 @@ async fn wait_for_message(
     ctx: &PollContext,
     request: &PollRequest,
     last: LastAnsweredId,
+    trace: Option<&PollTrace>,
 ) -> PollOutcome {
     loop {
-        let delivery: Delivery = match ctx.broker.next_message(&request.uuid).await {
+        let consume_started = SystemTime::now();
+        let result = ctx.broker.next_message(&request.uuid).await;
+        if let Some(t) = trace {
+            let error = result.as_ref().err().map(|e| e.to_string());
+            t.step("longpoll.consume", consume_started, error.as_deref());
+        }
+        let delivery: Delivery = match result {
             Ok(d) => d,
             Err(e) if e.kind() == BrokerErrorKind::NotFound => return PollOutcome::NotFound,
             Err(e) => {
@@ -137,6 +149,14 @@ async fn wait_for_message(
                 tracing::debug!(error = %e, "ack of a skipped message failed");
             }
             continue;
+        }
+        if let Some(t) = trace {
+            t.delivered(
+                &delivery.message_id,
+                delivery.redelivered,
+                &delivery.trace_headers,
+                delivery.acker.span_parent(),
+            );
         }
         ctx.metrics.messages_delivered.inc();
         if let Some(published) = delivery.published_at

@@ -24,6 +24,7 @@ pub use capture::{EventRecord, capture_emissions};
 pub use lifecycle::{LifecycleEvent, ModelChange};
 
 use crate::broker::{Broker, BrokerError, BrokerErrorKind, OutgoingMessage, validate_event_key};
+use crate::telemetry::traces;
 
 /// Most event keys one subscription request may carry.
 pub const MAX_EVENT_KEYS: usize = 100;
@@ -158,7 +159,18 @@ impl Publisher {
             return Ok(message_id);
         }
         let body = event_body(event_key, payload);
-        self.broker
+        // The message carries the publisher's trace context, so the poll that
+        // delivers it continues the same trace.
+        let span = traces::publish_context(event_key, &message_id);
+        let mut headers = headers;
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+        {
+            traces::inject(&span.cx, &mut headers);
+        }
+        let result = self
+            .broker
             .publish(OutgoingMessage {
                 routing_key: event_key.to_owned(),
                 body,
@@ -166,7 +178,9 @@ impl Publisher {
                 published_at: SystemTime::now(),
                 headers,
             })
-            .await?;
+            .await;
+        span.end(result.as_ref().err().map(|e| e.to_string()).as_deref());
+        result?;
         Ok(message_id)
     }
 }

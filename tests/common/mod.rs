@@ -9,6 +9,7 @@
 
 pub mod amqp;
 pub mod chaos;
+pub mod otlp;
 pub mod process;
 
 use std::future::Future;
@@ -269,6 +270,7 @@ impl Poll {
 }
 
 pub fn client() -> reqwest::Client {
+    longpoll_gateway::install_tls_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .pool_idle_timeout(Duration::from_secs(5))

@@ -36,6 +36,7 @@ use super::{
 };
 use crate::config::{ExchangeType, SecretUrl, Settings};
 use crate::telemetry::Metrics;
+use crate::telemetry::traces::SettleTrace;
 
 /// How the RabbitMQ broker is used.
 #[derive(Debug, Clone)]
@@ -245,6 +246,36 @@ impl AmqpBroker {
         ))
     }
 
+    /// Makes sure the queue's entry holds a live consumer. The consumer is
+    /// created in a task of its own and stored in the entry by that task: a
+    /// poll dropped while `basic.consume` is in flight (a client gone within
+    /// milliseconds) must not leave a consumer registered on the broker that
+    /// nothing reads or cancels — it would hold a message unacked forever.
+    /// Whoever retires the entry waits for the task and cancels what it made.
+    async fn ensure_consumer(
+        &self,
+        entry: &Arc<QueueEntry>,
+        queue: &str,
+    ) -> Result<(), BrokerError> {
+        let live =
+            |a: &Option<ActiveConsumer>| a.as_ref().is_some_and(|a| a.channel.status().connected());
+        if live(&*entry.active.lock().await) {
+            return Ok(());
+        }
+        let (broker, entry, queue) = (self.clone(), entry.clone(), queue.to_owned());
+        tokio::spawn(async move {
+            let mut active = entry.active.lock().await;
+            if live(&active) {
+                return Ok(());
+            }
+            *active = None;
+            *active = Some(broker.start_consumer(&queue).await?);
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(BrokerError::new(BrokerErrorKind::Internal, e.to_string())))
+    }
+
     /// Runs `op` on the exchange, redeclaring it once if it vanished.
     async fn with_exchange<F, Fut>(&self, op: F) -> Result<(), BrokerError>
     where
@@ -339,16 +370,18 @@ impl AmqpBroker {
         if d.redelivered {
             self.inner.metrics.messages_redelivered.inc();
         }
+        let acker = Acker::new(
+            Box::new(AmqpSettle { acker: d.acker }),
+            self.inner.metrics.clone(),
+        )
+        .with_trace(SettleTrace::for_message(&message_id, &trace_headers));
         Delivery {
             body: Bytes::from(d.data),
             message_id,
             redelivered: d.redelivered,
             published_at,
             trace_headers,
-            acker: Acker::new(
-                Box::new(AmqpSettle { acker: d.acker }),
-                self.inner.metrics.clone(),
-            ),
+            acker,
         }
     }
 }
@@ -439,25 +472,18 @@ impl Broker for AmqpBroker {
                 ));
             }
             let entry = usage.entry.clone();
-            let mut active = entry.active.lock().await;
-            if active
-                .as_ref()
-                .is_some_and(|a| !a.channel.status().connected())
-            {
-                *active = None;
+            match self.ensure_consumer(&entry, queue).await {
+                Ok(()) => {}
+                Err(e) if e.is_recoverable() => {
+                    tracing::debug!(error = %e, "cannot consume yet; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
-            let consumer = match active.as_mut() {
-                Some(c) => c,
-                None => match self.start_consumer(queue).await {
-                    Ok(c) => active.insert(c),
-                    Err(e) if e.is_recoverable() => {
-                        drop(active);
-                        tracing::debug!(error = %e, "cannot consume yet; retrying");
-                        tokio::time::sleep(backoff.next_delay()).await;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                },
+            let mut active = entry.active.lock().await;
+            let Some(consumer) = active.as_mut() else {
+                continue; // retired in between: start again
             };
             match consumer.consumer.next().await {
                 Some(Ok(delivery)) => {

@@ -27,6 +27,7 @@ use super::{
 };
 use crate::config::{ExchangeType, Settings};
 use crate::telemetry::Metrics;
+use crate::telemetry::traces::SettleTrace;
 
 /// How the embedded broker behaves.
 #[derive(Debug, Clone)]
@@ -197,7 +198,9 @@ impl MemoryBroker {
             redelivered,
             published_at: Some(message.published_at),
             trace_headers: message.headers.clone(),
-            acker: Acker::new(Box::new(settle), self.shared.metrics.clone()),
+            acker: Acker::new(Box::new(settle), self.shared.metrics.clone()).with_trace(
+                SettleTrace::for_message(&message.message_id, &message.headers),
+            ),
         }))
     }
 }

@@ -18,6 +18,7 @@ use crate::broker::Acker;
 use crate::longpoll::handler::LastAnsweredId;
 use crate::longpoll::outcome::{DeliveredAnswer, PollOutcome};
 use crate::longpoll::request::{PollQuery, QueueRules, parse_query};
+use crate::telemetry::traces::PollTrace;
 
 /// Applies the sequence contract: replay, stale, supersede, ack-on-next.
 #[derive(Clone, Debug)]
@@ -83,6 +84,10 @@ where
             let waiting = match store.begin(&poll.uuid, poll.sequence) {
                 Decision::Replay(answer) => {
                     tracing::debug!(sequence = poll.sequence, "replaying an answered sequence");
+                    if let Some(t) = req.extensions().get::<PollTrace>() {
+                        t.poll(&poll.uuid, poll.sequence);
+                        t.replayed(&answer.message_id);
+                    }
                     return Ok(PollOutcome::Replay(answer).into_response());
                 }
                 Decision::Stale { last_answered } => {
@@ -110,6 +115,7 @@ where
                 tracing::debug!(error = %e, "ack of the previous answer failed");
             }
             req.extensions_mut().insert(LastAnsweredId(last_message_id));
+            let trace = req.extensions().get::<PollTrace>().cloned();
             tokio::select! {
                 biased;
                 response = inner.call(req) => {
@@ -124,7 +130,12 @@ where
                 }
                 signal = signals => {
                     let outcome = match signal {
-                        Ok(Signal::Replay(answer)) => PollOutcome::Replay(answer),
+                        Ok(Signal::Replay(answer)) => {
+                            if let Some(t) = &trace {
+                                t.replayed(&answer.message_id);
+                            }
+                            PollOutcome::Replay(answer)
+                        }
                         // A dropped sender means the slot was reset: treat as superseded.
                         Ok(Signal::Superseded) | Err(_) => PollOutcome::Superseded,
                     };
