@@ -2,10 +2,10 @@
 
 CARGO ?= cargo
 # The tests that restart RabbitMQ run alone, after the rest.
-ISOLATED := binary(broker_restart) | binary(cluster)
+ISOLATED := binary(/^(broker_restart|cluster)$$/)
 
 .PHONY: run test lint fmt-check clippy unit deps rust-tests doc-tests restart-tests \
-        chart-test browser-test cluster-test load bench image clean help
+        chart-test observability-test browser-test cluster-test load bench image clean help
 
 help:
 	@echo "make run    - the gateway on the embedded broker, with the management API and /demo"
@@ -26,7 +26,7 @@ run:
 	exec $(CARGO) run --release --bin longpoll-gateway -- serve \
 	    --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --api-token "$$token"
 
-test: deps lint rust-tests doc-tests restart-tests chart-test browser-test
+test: deps lint rust-tests doc-tests restart-tests chart-test observability-test browser-test
 
 deps:
 	scripts/ensure-rabbitmq
@@ -53,8 +53,11 @@ restart-tests:
 chart-test:
 	scripts/chart-test
 
+observability-test:
+	scripts/observability-test
+
 browser-test:
-	@if [ -x scripts/browser-test ]; then scripts/browser-test; else echo "browser tests: not present"; fi
+	scripts/browser-test
 
 cluster-test:
 	scripts/cluster-test

@@ -87,6 +87,10 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
 
     let broker = broker::from_settings(&settings, metrics.clone())?;
     metrics.set_build_info(broker.kind());
+    if broker.kind() == "memory" {
+        // The embedded broker is always usable: say so, as /readyz does.
+        metrics.broker_connected.set(1);
+    }
     let shutdown = Shutdown::new();
     let store = Arc::new(SequenceStore::new(
         settings.replay_ttl,

@@ -196,6 +196,11 @@ impl Metrics {
             m.memory_messages_dropped.clone(),
         );
         registry.register("build_info", "Build information", m.build_info.clone());
+        // Every status a poll can get exists from the start, so that rate()
+        // sees the first answer of each.
+        for status in [200, 400, 404, 408, 409, 503] {
+            m.polls_answered.get_or_create(&StatusLabel { status });
+        }
         Metrics { registry, ..m }
     }
 

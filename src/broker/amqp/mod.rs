@@ -720,23 +720,32 @@ async fn supervise(inner: Weak<Inner>, stop: CancellationToken) {
         let wait = match attempt {
             Ok(conn) if conn.status().connected() => {
                 let mut events = conn.events_listener();
+                let status = conn.status().clone();
                 drop(conn);
                 backoff.reset();
                 warned = false;
                 strong.mark_connected();
                 channels::record_pool_status(&strong.ops, &strong.metrics);
                 drop(strong);
-                // Wake at once on a connection error; check again every second anyway.
+                // Wake at once when the connection fails (lapin also reports
+                // channel errors, such as a probe's 404, as events: those leave
+                // the connection up); check again every second anyway.
                 let error = async {
                     while let Some(event) = events.next().await {
-                        if matches!(event, lapin::Event::Error(_)) {
+                        if matches!(event, lapin::Event::Error(_)) && !status.connected() {
                             return;
                         }
                     }
                     std::future::pending::<()>().await
                 };
                 tokio::select! {
-                    _ = error => {}
+                    _ = error => {
+                        // Mark the loss now: the pool may replace the connection
+                        // within the next get(), and the reconnect must still be seen.
+                        if let Some(strong) = inner.upgrade() {
+                            strong.mark_disconnected("connection error");
+                        }
+                    }
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.cancelled() => return,
                 }
