@@ -199,7 +199,7 @@ impl Metrics {
         // Every status a poll can get exists from the start, so that rate()
         // sees the first answer of each.
         for status in [200, 400, 404, 408, 409, 503] {
-            m.polls_answered.get_or_create(&StatusLabel { status });
+            let _ = m.polls_answered.get_or_create(&StatusLabel { status });
         }
         Metrics { registry, ..m }
     }
