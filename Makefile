@@ -4,7 +4,7 @@ CARGO ?= cargo
 # The tests that restart RabbitMQ run alone, after the rest.
 ISOLATED := binary(/^(broker_restart|cluster)$$/)
 
-.PHONY: run test lint fmt-check clippy unit deps rust-tests doc-tests restart-tests \
+.PHONY: run test lint fmt-check clippy deny unit deps rust-tests doc-tests restart-tests \
         chart-test observability-test browser-test cluster-test load bench image clean help
 
 help:
@@ -32,7 +32,11 @@ deps:
 	scripts/ensure-rabbitmq
 	scripts/ensure-nextest
 
-lint: fmt-check clippy
+lint: fmt-check clippy deny
+
+deny:
+	scripts/ensure-cargo-deny
+	$(CARGO) deny --log-level error check licenses bans sources
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -122,6 +122,21 @@ pub struct ServeArgs {
     /// Embedded broker: subscription queues at most (new subscriptions are refused beyond it).
     #[arg(long, value_name = "N", env = "LONGPOLL_MEMORY_MAX_QUEUES")]
     pub memory_max_queues: Option<String>,
+    /// Time a client has to send a request head; also the idle keep-alive limit.
+    #[arg(long, value_name = "DURATION", env = "LONGPOLL_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// Open connections per replica at most; beyond it new ones are closed at once.
+    #[arg(long, value_name = "N", env = "LONGPOLL_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
+    /// Largest request head (request line and headers) in bytes; beyond: 431.
+    #[arg(long, value_name = "BYTES", env = "LONGPOLL_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<String>,
+    /// Longest request URI in bytes; beyond: 414.
+    #[arg(long, value_name = "BYTES", env = "LONGPOLL_MAX_URI_BYTES")]
+    pub max_uri_bytes: Option<String>,
+    /// HTTP/2: concurrent streams (held polls) per connection.
+    #[arg(long, value_name = "N", env = "LONGPOLL_HTTP2_MAX_STREAMS")]
+    pub http2_max_streams: Option<String>,
 }
 
 /// Which broker the gateway talks to.
@@ -255,6 +270,16 @@ pub struct MemoryLimits {
     pub max_queues: usize,
 }
 
+/// Connection limits of the public listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub http2_max_streams: u32,
+}
+
 /// Everything `serve` needs, parsed and validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -276,6 +301,7 @@ pub struct Settings {
     pub cors_origins: Vec<String>,
     pub drain_timeout: Duration,
     pub memory: MemoryLimits,
+    pub limits: ConnectionLimits,
 }
 
 /// Default channel pool size: enough channels that consumers are spread out and
@@ -307,6 +333,13 @@ impl Default for Settings {
                 max_messages_per_queue: 1_000,
                 max_queues: 100_000,
             },
+            limits: ConnectionLimits {
+                header_read_timeout: Duration::from_secs(10),
+                max_connections: 110_000,
+                max_header_bytes: 16 * 1024,
+                max_uri_bytes: 4 * 1024,
+                http2_max_streams: 10_000,
+            },
         }
     }
 }
@@ -332,6 +365,11 @@ const FILE_KEYS: &[&str] = &[
     "drain-timeout",
     "memory-max-messages-per-queue",
     "memory-max-queues",
+    "header-read-timeout",
+    "max-connections",
+    "max-header-bytes",
+    "max-uri-bytes",
+    "http2-max-streams",
 ];
 
 fn env_name(flag: &str) -> String {
@@ -561,6 +599,42 @@ impl ServeArgs {
             )?,
         };
 
+        let max_header_bytes = count(
+            "max-header-bytes",
+            pick(&self.max_header_bytes, "max-header-bytes"),
+            d.limits.max_header_bytes,
+        )?;
+        if max_header_bytes < 8192 {
+            return Err(ConfigError::invalid(
+                "max-header-bytes",
+                "at least 8192 (hyper's smallest read buffer)",
+            ));
+        }
+        let limits = ConnectionLimits {
+            header_read_timeout: duration(
+                "header-read-timeout",
+                pick(&self.header_read_timeout, "header-read-timeout"),
+                d.limits.header_read_timeout,
+            )?,
+            max_connections: count(
+                "max-connections",
+                pick(&self.max_connections, "max-connections"),
+                d.limits.max_connections,
+            )?,
+            max_header_bytes,
+            max_uri_bytes: count(
+                "max-uri-bytes",
+                pick(&self.max_uri_bytes, "max-uri-bytes"),
+                d.limits.max_uri_bytes,
+            )?,
+            http2_max_streams: u32::try_from(count(
+                "http2-max-streams",
+                pick(&self.http2_max_streams, "http2-max-streams"),
+                d.limits.http2_max_streams as usize,
+            )?)
+            .map_err(|_| ConfigError::invalid("http2-max-streams", "too large"))?,
+        };
+
         Ok(Settings {
             listen,
             admin_listen,
@@ -580,6 +654,7 @@ impl ServeArgs {
             cors_origins,
             drain_timeout,
             memory,
+            limits,
         })
     }
 }

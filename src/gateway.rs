@@ -110,8 +110,9 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         },
     };
     let options = ServerOptions {
+        limits: settings.limits,
         drain_timeout: settings.drain_timeout,
-        ..ServerOptions::default()
+        metrics: Some(metrics.clone()),
     };
     let public_task = tokio::spawn(server::serve(
         public,
@@ -128,6 +129,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         admin_shutdown.clone(),
         ServerOptions {
             drain_timeout: Duration::from_secs(1),
+            metrics: None,
             ..options
         },
     ));

@@ -232,16 +232,6 @@ async fn event_keys_that_amqp_refuses_are_400(backend: Backend) {
 
 // ---- RabbitMQ only: what was declared, seen on the broker ----
 
-async fn rabbitmqctl(args: &[&str]) -> String {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_subscription_queue_is_durable_with_x_expires_and_bound_to_each_key() {
     let gw = TestGateway::start_with(Backend::Rabbit, |s| {
@@ -251,7 +241,7 @@ async fn rabbitmq_subscription_queue_is_durable_with_x_expires_and_bound_to_each
     let a = unique("longpoll.event.a");
     let b = unique("longpoll.event.b");
     let key = gw.subscribe(&[&a, &b]).await;
-    let queues = rabbitmqctl(&[
+    let queues = common::amqp::rabbitmqctl_ok(&[
         "list_queues",
         "-q",
         "--no-table-headers",
@@ -269,7 +259,7 @@ async fn rabbitmq_subscription_queue_is_durable_with_x_expires_and_bound_to_each
         line.contains("x-expires") && line.contains("90000"),
         "x-expires: {line}"
     );
-    let bindings = rabbitmqctl(&[
+    let bindings = common::amqp::rabbitmqctl_ok(&[
         "list_bindings",
         "-q",
         "--no-table-headers",
@@ -346,8 +336,14 @@ async fn rabbitmq_an_existing_exchange_is_used_as_it_is_and_a_missing_one_is_dec
     let key = gw.subscribe(&[&event]).await;
     gw.emit(&event, json!({"via": "direct"})).await;
     assert_eq!(gw.poll(&key, 1).await.json()["via"], "direct");
-    let exchanges =
-        rabbitmqctl(&["list_exchanges", "-q", "--no-table-headers", "name", "type"]).await;
+    let exchanges = common::amqp::rabbitmqctl_ok(&[
+        "list_exchanges",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "type",
+    ])
+    .await;
     assert!(
         exchanges
             .lines()
@@ -361,8 +357,14 @@ async fn rabbitmq_an_existing_exchange_is_used_as_it_is_and_a_missing_one_is_dec
     })
     .await;
     gw2.subscribe(&[&unique("longpoll.event.k")]).await;
-    let exchanges =
-        rabbitmqctl(&["list_exchanges", "-q", "--no-table-headers", "name", "type"]).await;
+    let exchanges = common::amqp::rabbitmqctl_ok(&[
+        "list_exchanges",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "type",
+    ])
+    .await;
     assert!(
         exchanges
             .lines()

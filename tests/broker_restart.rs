@@ -9,19 +9,6 @@ use std::time::Duration;
 use common::{Backend, Poll, TestGateway, eventually, unique};
 use serde_json::json;
 
-async fn rabbitmqctl(args: &[&str]) {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .await
-        .expect("rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Starts the app again even if the test fails half-way.
 struct RestartGuard;
 
@@ -49,7 +36,7 @@ async fn a_held_poll_survives_a_broker_restart_and_gets_the_message_published_af
     gw.wait_metric("longpoll_consumers", 1.0).await;
 
     let _guard = RestartGuard;
-    rabbitmqctl(&["stop_app"]).await;
+    common::amqp::rabbitmqctl_ok(&["stop_app"]).await;
     eventually(Duration::from_secs(30), "readyz 503", || async {
         matches!(gw.client.get(format!("{}/readyz", gw.admin)).send().await,
             Ok(r) if r.status() == 503)
@@ -59,7 +46,7 @@ async fn a_held_poll_survives_a_broker_restart_and_gets_the_message_published_af
         !held.is_finished(),
         "the poll keeps waiting while the broker is down"
     );
-    rabbitmqctl(&["start_app"]).await;
+    common::amqp::rabbitmqctl_ok(&["start_app"]).await;
     gw.wait_ready().await;
 
     let id = gw.emit(&event, json!({"after": "restart"})).await;

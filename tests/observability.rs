@@ -306,12 +306,7 @@ async fn metrics_move_as_the_scripted_scenario_says() {
 }
 
 async fn rabbitmqctl(args: &[&str]) -> bool {
-    tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .await
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    common::amqp::rabbitmqctl(args).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

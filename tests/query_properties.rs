@@ -1,6 +1,9 @@
 //! Property test: arbitrary request targets (paths and query strings, raw bytes
 //! on the wire) never make the gateway panic or answer anything outside the
-//! contract's table.
+//! contract's table. The proptest stand-in for a cargo-fuzz target of the
+//! query/sequence parsing (cargo-fuzz needs nightly); the seed corpus in
+//! `tests/corpus/queries.txt` is replayed first, and failures proptest finds are
+//! kept in `tests/query_properties.proptest-regressions`.
 
 mod common;
 
@@ -78,9 +81,17 @@ fn arbitrary_queries_get_only_the_contracts_answers() {
         s.poll_timeout = std::time::Duration::from_millis(200);
     }));
     let addr = gw.public_addr();
+    // The seed corpus first.
+    let corpus = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/queries.txt"),
+    )
+    .unwrap();
+    for target in corpus.lines().filter(|l| !l.is_empty()) {
+        let (status, _) = rt.block_on(raw_get(addr, target));
+        assert!(matches!(status, 200 | 400 | 404), "{status} for {target}");
+    }
     let config = ProptestConfig {
         cases: 400,
-        failure_persistence: None,
         ..ProptestConfig::default()
     };
     proptest!(config, |(target in target())| {

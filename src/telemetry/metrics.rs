@@ -57,6 +57,10 @@ pub struct Metrics {
     pub replay_entries: Gauge,
     pub memory_queues: Gauge,
     pub memory_messages_dropped: Counter,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
+    pub queue_probes: Counter,
+    pub negative_cache_hits: Counter,
     build_info: Family<BuildLabels, Gauge>,
 }
 
@@ -87,6 +91,10 @@ impl Metrics {
             replay_entries: Gauge::default(),
             memory_queues: Gauge::default(),
             memory_messages_dropped: Counter::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
+            queue_probes: Counter::default(),
+            negative_cache_hits: Counter::default(),
             build_info: Family::default(),
             registry: Registry::default(),
         };
@@ -194,6 +202,26 @@ impl Metrics {
             "memory_messages_dropped",
             "Messages the embedded broker dropped because a queue was full (oldest first)",
             m.memory_messages_dropped.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Connections open on the public listener",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because --max-connections were open",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "queue_probes",
+            "Passive declares sent to the broker to learn whether a polled queue exists",
+            m.queue_probes.clone(),
+        );
+        registry.register(
+            "negative_cache_hits",
+            "Polls answered 404 from the cache of queues known to be missing",
+            m.negative_cache_hits.clone(),
         );
         registry.register("build_info", "Build information", m.build_info.clone());
         // Every status a poll can get exists from the start, so that rate()

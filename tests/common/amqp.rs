@@ -74,37 +74,50 @@ pub async fn delete_queue(conn: &Connection, queue: &str) {
     }
 }
 
+/// Runs `rabbitmqctl`; returns whether it succeeded and its standard output.
+pub async fn rabbitmqctl(args: &[&str]) -> (bool, String) {
+    match tokio::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+    {
+        Ok(out) => (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+/// [`rabbitmqctl`], failing the test when the command fails.
+pub async fn rabbitmqctl_ok(args: &[&str]) -> String {
+    let (ok, out) = rabbitmqctl(args).await;
+    assert!(ok, "rabbitmqctl {args:?} failed: {out}");
+    out
+}
+
 /// `rabbitmqctl list_queues name messages_ready messages_unacknowledged` for
 /// every queue whose name starts with `prefix`.
 pub async fn rabbitmqctl_list(prefix: &str) -> Vec<(String, u64, u64)> {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-        ])
-        .output()
-        .await
-        .expect("run rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.split_whitespace();
-            let name = parts.next()?;
-            let ready = parts.next()?.parse().ok()?;
-            let unacked = parts.next()?.parse().ok()?;
-            name.starts_with(prefix)
-                .then(|| (name.to_owned(), ready, unacked))
-        })
-        .collect()
+    rabbitmqctl_ok(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ])
+    .await
+    .lines()
+    .filter_map(|l| {
+        let mut parts = l.split_whitespace();
+        let name = parts.next()?;
+        let ready = parts.next()?.parse().ok()?;
+        let unacked = parts.next()?.parse().ok()?;
+        name.starts_with(prefix)
+            .then(|| (name.to_owned(), ready, unacked))
+    })
+    .collect()
 }
 
 /// (ready, unacked) of one queue as RabbitMQ reports it.

@@ -11,14 +11,68 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics as PoolMetrics, RecycleError, RecycleResult};
 use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
 
-use super::errors::{from_lapin, from_pool};
-use crate::broker::BrokerError;
+use super::errors::{from_lapin_on, from_pool};
+use crate::broker::{BrokerError, BrokerErrorKind};
+use crate::config::SecretUrl;
 use crate::telemetry::Metrics;
+
+/// A pool of AMQP connections (deadpool-lapin), named for `rabbitmqctl`.
+pub(crate) fn connection_pool(
+    url: &SecretUrl,
+    name: String,
+    size: usize,
+) -> Result<deadpool_lapin::Pool, BrokerError> {
+    let manager = deadpool_lapin::Manager::new(
+        url.expose().to_owned(),
+        move || lapin::ConnectionProperties::default().with_connection_name(name.clone().into()),
+        async_rs::Runtime::tokio_current(),
+    );
+    deadpool_lapin::Pool::builder(manager)
+        .max_size(size.max(1))
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(POOL_WAIT))
+        .recycle_timeout(Some(Duration::from_secs(2)))
+        .runtime(deadpool_lapin::Runtime::Tokio1)
+        .build()
+        .map_err(|e| BrokerError::new(BrokerErrorKind::Internal, e.to_string()))
+}
+
+/// A pool of operation channels opened on `connections`.
+pub(crate) fn op_channel_pool(
+    connections: &deadpool_lapin::Pool,
+    size: usize,
+) -> Result<OpChannelPool, BrokerError> {
+    OpChannelPool::builder(OpChannelManager {
+        connections: connections.clone(),
+    })
+    .max_size(size.max(1))
+    .wait_timeout(Some(POOL_WAIT))
+    .create_timeout(Some(POOL_WAIT))
+    .recycle_timeout(Some(Duration::from_secs(2)))
+    .runtime(deadpool::Runtime::Tokio1)
+    .build()
+    .map_err(|e| BrokerError::new(BrokerErrorKind::Internal, e.to_string()))
+}
+
+/// How long a caller waits for a pooled connection or channel, or for one to open.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens a channel on one of `connections`. Opening cannot legitimately fail
+/// with NOT_FOUND: one that does carries another channel's error.
+async fn open_channel(connections: &deadpool_lapin::Pool) -> Result<lapin::Channel, BrokerError> {
+    let conn = connections
+        .get()
+        .await
+        .map_err(|e| from_pool(e, "connection"))?;
+    conn.create_channel()
+        .await
+        .map_err(|e| from_lapin_on(&e, &[]))
+}
 
 /// Creates confirm-mode channels for operations.
 pub(crate) struct OpChannelManager {
@@ -30,16 +84,11 @@ impl managed::Manager for OpChannelManager {
     type Error = BrokerError;
 
     async fn create(&self) -> Result<lapin::Channel, BrokerError> {
-        let conn = self
-            .connections
-            .get()
-            .await
-            .map_err(|e| from_pool(e, "connection"))?;
-        let channel = conn.create_channel().await.map_err(|e| from_lapin(&e))?;
+        let channel = open_channel(&self.connections).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| from_lapin(&e))?;
+            .map_err(|e| from_lapin_on(&e, &[]))?;
         Ok(channel)
     }
 
@@ -58,18 +107,61 @@ impl managed::Manager for OpChannelManager {
 
 pub(crate) type OpChannelPool = managed::Pool<OpChannelManager>;
 
-/// Checks out an operation channel, recording wait time and pool use.
+/// An operation channel checked out of the pool. It goes back to the pool only
+/// when the operation succeeded ([`OpChannel::done`]); after an error, or when
+/// the operation's future was dropped half-way, it is discarded. A channel
+/// whose operation failed may still be closing (lapin wakes the caller before
+/// it marks the channel closed), and one dropped mid-operation still has a
+/// reply on its way: handed to the next user, either would fail that user's
+/// operation with an error that belongs to someone else.
+pub(crate) struct OpChannel(Option<managed::Object<OpChannelManager>>);
+
+impl OpChannel {
+    /// The operation succeeded: the channel may serve the next one.
+    pub(crate) fn done(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl std::ops::Deref for OpChannel {
+    type Target = lapin::Channel;
+    fn deref(&self) -> &lapin::Channel {
+        // Present until done() or drop.
+        self.0
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("an OpChannel is used before done()"))
+    }
+}
+
+impl Drop for OpChannel {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take() {
+            // Out of the pool; dropping the channel closes it.
+            drop(managed::Object::take(object));
+        }
+    }
+}
+
+/// Checks out an operation channel, recording wait time and pool use. A
+/// channel that fails to open for a reason of another channel's is retried.
 pub(crate) async fn op_channel(
     pool: &OpChannelPool,
     metrics: &Metrics,
-) -> Result<managed::Object<OpChannelManager>, BrokerError> {
+) -> Result<OpChannel, BrokerError> {
     let started = Instant::now();
-    let got = pool.get().await;
+    let mut attempts = 0;
+    let got = loop {
+        attempts += 1;
+        match pool.get().await.map_err(super::errors::from_channel_pool) {
+            Err(e) if e.kind() == BrokerErrorKind::ChannelClosed && attempts < 3 => continue,
+            other => break other,
+        }
+    };
     metrics
         .channel_pool_wait_seconds
         .observe(started.elapsed().as_secs_f64());
     record_pool_status(pool, metrics);
-    got.map_err(super::errors::from_channel_pool)
+    got.map(|object| OpChannel(Some(object)))
 }
 
 pub(crate) fn record_pool_status(pool: &OpChannelPool, metrics: &Metrics) {
@@ -107,17 +199,12 @@ impl ConsumerChannels {
             return Ok(ch.clone());
         }
         *slot = None;
-        let conn = self
-            .connections
-            .get()
-            .await
-            .map_err(|e| from_pool(e, "connection"))?;
-        let channel = conn.create_channel().await.map_err(|e| from_lapin(&e))?;
+        let channel = open_channel(&self.connections).await?;
         // global = false: the limit applies to each consumer on the channel.
         channel
             .basic_qos(1, BasicQosOptions { global: false })
             .await
-            .map_err(|e| from_lapin(&e))?;
+            .map_err(|e| from_lapin_on(&e, &[]))?;
         *slot = Some(channel.clone());
         Ok(channel)
     }

@@ -34,6 +34,45 @@ pub(crate) fn from_lapin(e: &lapin::Error) -> BrokerError {
     BrokerError::new(kind, e.to_string())
 }
 
+/// [`from_lapin`] for an operation on the named entities (queue, exchange): a
+/// NOT_FOUND that names something else is not about this operation. lapin can
+/// hand a closing channel's error to a channel opened in the same moment (seen
+/// under heavy channel churn: a `channel.open` failing with another channel's
+/// 404), so such an error means "this channel is unusable, try again", never
+/// "your queue does not exist".
+pub(crate) fn from_lapin_on(e: &lapin::Error, names: &[&str]) -> BrokerError {
+    let mapped = from_lapin(e);
+    if mapped.kind() != BrokerErrorKind::NotFound {
+        return mapped;
+    }
+    let about_us = match quoted_name(&e.to_string()) {
+        Some(name) => names.contains(&name.as_str()),
+        None => !names.is_empty(),
+    };
+    if about_us {
+        mapped
+    } else {
+        BrokerError::new(
+            BrokerErrorKind::ChannelClosed,
+            format!("a channel error that belongs to another operation: {e}"),
+        )
+    }
+}
+
+/// The name in RabbitMQ's `NOT_FOUND - no queue 'name' in vhost '/'`.
+fn quoted_name(message: &str) -> Option<String> {
+    let start = message
+        .find("no queue '")
+        .map(|i| i + "no queue '".len())
+        .or_else(|| {
+            message
+                .find("no exchange '")
+                .map(|i| i + "no exchange '".len())
+        })?;
+    let end = message[start..].find('\'')?;
+    Some(message[start..start + end].to_owned())
+}
+
 /// Maps a pool error: a timeout or a failure to connect is "unavailable".
 pub(crate) fn from_pool<E: std::fmt::Display>(
     e: deadpool::managed::PoolError<E>,
@@ -69,4 +108,22 @@ pub(crate) fn short(s: &str) -> Result<lapin::types::ShortString, BrokerError> {
             "a name longer than 255 bytes",
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_in_a_not_found_is_read() {
+        assert_eq!(
+            quoted_name("NOT_FOUND - no queue 'longpoll.subscribe.x' in vhost '/'").as_deref(),
+            Some("longpoll.subscribe.x")
+        );
+        assert_eq!(
+            quoted_name("NOT_FOUND - no exchange 'ex' in vhost '/'").as_deref(),
+            Some("ex")
+        );
+        assert_eq!(quoted_name("something else"), None);
+    }
 }

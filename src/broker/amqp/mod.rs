@@ -10,6 +10,7 @@
 mod channels;
 mod consumers;
 mod errors;
+pub mod negative_cache;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -24,12 +25,13 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Confirmation, ExchangeKind};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use self::channels::{ConsumerChannels, OpChannelManager, OpChannelPool, op_channel};
+use self::channels::{ConsumerChannels, OpChannelPool, op_channel};
 use self::consumers::{ActiveConsumer, ConsumerRegistry, QueueEntry};
-use self::errors::{from_lapin, short};
+use self::errors::{from_lapin, from_lapin_on, short};
+use self::negative_cache::{NEGATIVE_CAPACITY, NEGATIVE_TTL, NegativeCache};
 use super::{
     Acker, Backoff, Broker, BrokerError, BrokerErrorKind, Connectivity, Delivery, OutgoingMessage,
     QueueStats, Settle, derive_message_id,
@@ -75,11 +77,20 @@ struct Inner {
     options: AmqpOptions,
     connections: deadpool_lapin::Pool,
     ops: OpChannelPool,
+    /// Channels for passive declares, on a connection of their own.
+    probe_ops: OpChannelPool,
+    probe_connections: deadpool_lapin::Pool,
     consumer_channels: Arc<ConsumerChannels>,
     consumers: ConsumerRegistry,
     state: watch::Sender<Connectivity>,
     ever_connected: AtomicBool,
     exchange_ready: AtomicBool,
+    /// Queues known to be missing (answered 404 without asking the broker).
+    missing: NegativeCache,
+    /// Probes in flight at most: each unknown queue costs the broker a failed
+    /// declare and a channel, so a flood of unknown keys is paced here and
+    /// never takes the whole channel pool.
+    probes: Semaphore,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 }
@@ -102,34 +113,19 @@ impl AmqpBroker {
     /// Builds the pools and starts the connection supervisor. Does not wait for
     /// the broker: one that is down is reconnected in the background.
     pub fn start(options: AmqpOptions, metrics: Arc<Metrics>) -> Result<Self, BrokerError> {
-        let manager = deadpool_lapin::Manager::new(
-            options.url.expose().to_owned(),
-            || {
-                lapin::ConnectionProperties::default()
-                    .with_connection_name("longpoll-gateway".into())
-            },
-            async_rs::Runtime::tokio_current(),
-        );
-        let build_err =
-            |e: &dyn std::fmt::Display| BrokerError::new(BrokerErrorKind::Internal, e.to_string());
-        let connections = deadpool_lapin::Pool::builder(manager)
-            .max_size(options.connections.max(1))
-            .wait_timeout(Some(Duration::from_secs(5)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .recycle_timeout(Some(Duration::from_secs(2)))
-            .runtime(deadpool_lapin::Runtime::Tokio1)
-            .build()
-            .map_err(|e| build_err(&e))?;
-        let ops = OpChannelPool::builder(OpChannelManager {
-            connections: connections.clone(),
-        })
-        .max_size(options.channel_pool_size.max(1))
-        .wait_timeout(Some(Duration::from_secs(5)))
-        .create_timeout(Some(Duration::from_secs(5)))
-        .recycle_timeout(Some(Duration::from_secs(2)))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .map_err(|e| build_err(&e))?;
+        // The process id in the name lets an operator (and a test) tell one
+        // replica's connections apart in `rabbitmqctl list_connections`.
+        let name = format!("longpoll-gateway pid={}", std::process::id());
+        let connections =
+            channels::connection_pool(&options.url, name.clone(), options.connections)?;
+        let ops = channels::op_channel_pool(&connections, options.channel_pool_size)?;
+        // Passive declares (probes) get a connection of their own: each unknown
+        // queue closes the channel it was probed on, and that churn stays away
+        // from the consumers and the operations.
+        let probe_slots = (options.channel_pool_size / 2).clamp(1, 8);
+        let probe_connections =
+            channels::connection_pool(&options.url, format!("{name} probes"), 1)?;
+        let probe_ops = channels::op_channel_pool(&probe_connections, probe_slots)?;
         let (state, _) = watch::channel(Connectivity::Disconnected {
             since: Instant::now(),
         });
@@ -142,9 +138,13 @@ impl AmqpBroker {
             options,
             connections,
             ops,
+            probe_ops,
+            probe_connections,
             state,
             ever_connected: AtomicBool::new(false),
             exchange_ready: AtomicBool::new(false),
+            missing: NegativeCache::new(NEGATIVE_TTL, NEGATIVE_CAPACITY),
+            probes: Semaphore::new(probe_slots),
             metrics,
             stop: CancellationToken::new(),
         });
@@ -176,20 +176,8 @@ impl AmqpBroker {
             return Ok(());
         }
         let exchange = short(&self.inner.options.exchange)?;
-        let passive = {
-            let ch = op_channel(&self.inner.ops, &self.inner.metrics).await?;
-            ch.exchange_declare(
-                exchange.clone(),
-                ExchangeKind::Direct, // ignored by a passive declare
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-        };
-        match passive.map_err(|e| from_lapin(&e)) {
+        let exchange_name = self.inner.options.exchange.as_str();
+        match self.passive_exchange_declare().await {
             Ok(()) => {}
             Err(e) if e.kind() == BrokerErrorKind::NotFound => {
                 let kind = match self.inner.options.exchange_type {
@@ -207,7 +195,8 @@ impl AmqpBroker {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| from_lapin(&e))?;
+                .map_err(|e| from_lapin_on(&e, &[exchange_name]))?;
+                ch.done();
                 tracing::info!(
                     exchange = %self.inner.options.exchange,
                     kind = self.inner.options.exchange_type.as_str(),
@@ -221,9 +210,45 @@ impl AmqpBroker {
     }
 
     /// Passive declare: does the queue exist? Runs on an operation channel, so
-    /// the 404 that closes the channel touches nothing else.
+    /// the 404 that closes the channel touches nothing else; a queue found
+    /// missing is remembered for a few seconds.
     async fn probe_queue(&self, queue: &str) -> Result<(), BrokerError> {
-        self.queue_stats(queue).await.map(|_| ())
+        let known_missing = || {
+            let hit = self.inner.missing.contains(queue);
+            if hit {
+                self.inner.metrics.negative_cache_hits.inc();
+            }
+            hit
+        };
+        if known_missing() {
+            return Err(BrokerError::not_found("queue known to be missing"));
+        }
+        let _permit =
+            self.inner.probes.acquire().await.map_err(|_| {
+                BrokerError::new(BrokerErrorKind::Unavailable, "the broker is closing")
+            })?;
+        // Polls for the same unknown queue queued behind one probe learn its
+        // answer instead of probing again.
+        if known_missing() {
+            return Err(BrokerError::not_found("queue known to be missing"));
+        }
+        self.inner.metrics.queue_probes.inc();
+        let mut result = self.queue_stats(queue).await.map(|_| ());
+        for _ in 0..2 {
+            match &result {
+                Err(e) if e.kind() == BrokerErrorKind::ChannelClosed => {
+                    result = self.queue_stats(queue).await.map(|_| ());
+                }
+                _ => break,
+            }
+        }
+        if result
+            .as_ref()
+            .is_err_and(|e| e.kind() == BrokerErrorKind::NotFound)
+        {
+            self.inner.missing.insert(queue);
+        }
+        result
     }
 
     async fn start_consumer(&self, queue: &str) -> Result<ActiveConsumer, BrokerError> {
@@ -238,7 +263,7 @@ impl AmqpBroker {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| from_lapin(&e))?;
+            .map_err(|e| from_lapin_on(&e, &[queue]))?;
         Ok(ActiveConsumer::new(
             channel,
             consumer,
@@ -283,26 +308,34 @@ impl AmqpBroker {
         Fut: std::future::Future<Output = Result<(), BrokerError>>,
     {
         self.ensure_exchange().await?;
-        match op().await {
-            Err(e) if e.kind() == BrokerErrorKind::NotFound && self.exchange_missing().await => {
-                self.inner.exchange_ready.store(false, Ordering::Release);
-                self.ensure_exchange().await?;
-                op().await
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match op().await {
+                Err(e)
+                    if e.kind() == BrokerErrorKind::NotFound && self.exchange_missing().await =>
+                {
+                    self.inner.exchange_ready.store(false, Ordering::Release);
+                    self.ensure_exchange().await?;
+                }
+                // A channel lost under the operation: its effects are
+                // idempotent (declare, bind, a publish not confirmed), so again.
+                Err(e) if e.kind() == BrokerErrorKind::ChannelClosed && attempts < 3 => {}
+                other => return other,
             }
-            other => other,
+            if attempts >= 3 {
+                return op().await;
+            }
         }
     }
 
-    async fn exchange_missing(&self) -> bool {
-        let Ok(exchange) = short(&self.inner.options.exchange) else {
-            return false;
-        };
-        let Ok(ch) = op_channel(&self.inner.ops, &self.inner.metrics).await else {
-            return false;
-        };
+    /// Does the exchange exist? (A passive declare.)
+    async fn passive_exchange_declare(&self) -> Result<(), BrokerError> {
+        let exchange = short(&self.inner.options.exchange)?;
+        let ch = op_channel(&self.inner.ops, &self.inner.metrics).await?;
         ch.exchange_declare(
             exchange,
-            ExchangeKind::Direct,
+            ExchangeKind::Direct, // ignored by a passive declare
             ExchangeDeclareOptions {
                 passive: true,
                 ..Default::default()
@@ -310,7 +343,15 @@ impl AmqpBroker {
             FieldTable::default(),
         )
         .await
-        .is_err_and(|e| from_lapin(&e).kind() == BrokerErrorKind::NotFound)
+        .map_err(|e| from_lapin_on(&e, &[self.inner.options.exchange.as_str()]))?;
+        ch.done();
+        Ok(())
+    }
+
+    async fn exchange_missing(&self) -> bool {
+        self.passive_exchange_declare()
+            .await
+            .is_err_and(|e| e.kind() == BrokerErrorKind::NotFound)
     }
 
     async fn bind(&self, queue: &str, event_keys: &[String]) -> Result<(), BrokerError> {
@@ -324,8 +365,9 @@ impl AmqpBroker {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| from_lapin(&e))?;
+            .map_err(|e| from_lapin_on(&e, &[queue, self.inner.options.exchange.as_str()]))?;
         }
+        ch.done();
         Ok(())
     }
 
@@ -492,7 +534,7 @@ impl Broker for AmqpBroker {
                 }
                 Some(Err(e)) => {
                     *active = None;
-                    let e = from_lapin(&e);
+                    let e = from_lapin_on(&e, &[queue]);
                     if !e.is_recoverable() && e.kind() != BrokerErrorKind::NotFound {
                         return Err(e);
                     }
@@ -536,8 +578,10 @@ impl Broker for AmqpBroker {
                         args,
                     )
                     .await
-                    .map_err(|e| from_lapin(&e))?;
+                    .map_err(|e| from_lapin_on(&e, &[]))?;
+                    ch.done();
                 }
+                self.inner.missing.remove(queue);
                 self.bind(queue, event_keys).await
             }
         })
@@ -554,8 +598,9 @@ impl Broker for AmqpBroker {
         let ch = op_channel(&self.inner.ops, &self.inner.metrics).await?;
         ch.queue_delete(short(queue)?, QueueDeleteOptions::default())
             .await
-            .map(|_| ())
-            .map_err(|e| from_lapin(&e))
+            .map_err(|e| from_lapin_on(&e, &[queue]))?;
+        ch.done();
+        Ok(())
     }
 
     async fn publish(&self, message: OutgoingMessage) -> Result<(), BrokerError> {
@@ -598,9 +643,10 @@ impl Broker for AmqpBroker {
                         properties,
                     )
                     .await
-                    .map_err(|e| from_lapin(&e))?
+                    .map_err(|e| from_lapin_on(&e, &[self.inner.options.exchange.as_str()]))?
                     .await
-                    .map_err(|e| from_lapin(&e))?;
+                    .map_err(|e| from_lapin_on(&e, &[self.inner.options.exchange.as_str()]))?;
+                ch.done();
                 match confirm {
                     Confirmation::Ack(_) | Confirmation::NotRequested => {
                         self.inner.metrics.events_published.inc();
@@ -622,7 +668,9 @@ impl Broker for AmqpBroker {
 
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
         let name = short(queue)?;
-        let ch = op_channel(&self.inner.ops, &self.inner.metrics).await?;
+        // Passive declares run on the probe connection: a missing queue closes
+        // the channel, and that churn stays away from consumers and operations.
+        let ch = op_channel(&self.inner.probe_ops, &self.inner.metrics).await?;
         let q = ch
             .queue_declare(
                 name,
@@ -633,7 +681,8 @@ impl Broker for AmqpBroker {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| from_lapin(&e))?;
+            .map_err(|e| from_lapin_on(&e, &[queue]))?;
+        ch.done();
         Ok(QueueStats {
             ready: u64::from(q.message_count()),
             unacked: None,
@@ -648,6 +697,8 @@ impl Broker for AmqpBroker {
         }
         self.inner.consumer_channels.close_all().await;
         self.inner.ops.close();
+        self.inner.probe_ops.close();
+        self.inner.probe_connections.close();
         let idle = self.inner.connections.status().available;
         for _ in 0..idle {
             match tokio::time::timeout(Duration::from_secs(1), self.inner.connections.get()).await {
