@@ -31,6 +31,7 @@ test: deps lint rust-tests doc-tests restart-tests chart-test observability-test
 deps:
 	scripts/ensure-rabbitmq
 	scripts/ensure-nextest
+	scripts/cluster-test --prepare
 
 lint: fmt-check clippy deny
 

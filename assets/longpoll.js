@@ -50,6 +50,11 @@ var LongPoll = (function () {
     minHold: 250,
     /** How many message ids are remembered to drop duplicates. */
     seenIds: 1000,
+    /** How many of the latest message ids each poll sends as `seen`: the proof
+     *  of receipt that lets a replica tell its own answer from another
+     *  replica's (0 = do not send). At least the number of replicas a client's
+     *  polls may spread over. */
+    proofIds: 8,
     /** Stop polling while the page is hidden; resume (same sequence) when shown. */
     pauseWhenHidden: false,
     /** Passed to fetch(); 'include' sends cookies to a gateway on another origin. */
@@ -88,10 +93,19 @@ var LongPoll = (function () {
     return this.set.has(id);
   };
   SeenIds.prototype.add = function (id) {
-    if (this.capacity === 0 || this.set.has(id)) return;
+    if (this.capacity === 0) return;
+    if (this.set.has(id)) {
+      // Received again: it becomes the most recent (a replica holding it waits
+      // for this client to show it before it acks).
+      this.queue.splice(this.queue.indexOf(id), 1);
+    }
     this.set.add(id);
     this.queue.push(id);
     while (this.queue.length > this.capacity) this.set.delete(this.queue.shift());
+  };
+  /** The `count` most recently received ids, most recent first. */
+  SeenIds.prototype.recent = function (count) {
+    return this.queue.slice(Math.max(0, this.queue.length - count)).reverse();
   };
 
   class LongPoll extends EventTarget {
@@ -153,6 +167,9 @@ var LongPoll = (function () {
       url.hash = '';
       url.searchParams.set('uuid', this.key);
       url.searchParams.set('sequence', String(sequence));
+      if (this.options.proofIds > 0 && this._seen.capacity > 0) {
+        url.searchParams.set('seen', this._seen.recent(this.options.proofIds).join(','));
+      }
       return url.href;
     }
 
@@ -249,6 +266,7 @@ var LongPoll = (function () {
       this.failures = 0;
       if (id !== null && this._seen.has(id)) {
         this.duplicates += 1;
+        this._seen.add(id);
       } else {
         if (id !== null) this._seen.add(id);
         this._deliver(body, sequence, id, isError);

@@ -48,10 +48,10 @@ fn sequence_store(c: &mut Criterion) {
             seq += 1;
             let key = &keys[(seq % 10_000) as usize];
             let s = seq / 10_000 + 1;
-            if let Decision::Wait(w) = store.begin(key, s) {
+            if let Decision::Wait(w) = store.begin(key, s, None) {
                 store.finish(key, w.ticket, Some((answer(s), None)));
             }
-            black_box(store.begin(key, s));
+            black_box(store.begin(key, s, None));
         })
     });
 }

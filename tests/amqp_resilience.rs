@@ -302,3 +302,67 @@ async fn p5_a_client_gone_while_its_consumer_starts_leaves_no_consumer_behind() 
     let r = gw.poll(&key, 1).await;
     assert_eq!((r.status, r.message_id()), (200, id.as_str()));
 }
+
+/// A poll that carries the client's `seen` list (the proof of receipt).
+async fn poll_seen(gw: &TestGateway, key: &str, sequence: u64, seen: &[&str]) -> Poll {
+    let r = gw
+        .client
+        .get(format!("{}/", gw.base))
+        .query(&[
+            ("uuid", key),
+            ("sequence", &sequence.to_string()),
+            ("seen", &seen.join(",")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    Poll::read(r).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_lost_and_retried_on_another_live_replica_is_not_lost() {
+    // Found by the cluster test: without a proof of receipt, the first replica
+    // acked its answer when the client's next sequence came, although the
+    // client had got another replica's answer to its retry instead.
+    let first = TestGateway::start(Backend::Rabbit).await;
+    let second =
+        TestGateway::start_with(Backend::Rabbit, |s| s.replay_ttl = Duration::from_secs(1)).await;
+    let event = unique("longpoll.event.lost-answer");
+    let key = first.subscribe(&[&event]).await;
+    let a = first.emit(&event, json!({"n": "A"})).await;
+    let b = first.emit(&event, json!({"n": "B"})).await;
+
+    // The first replica answers sequence 1 with A; the answer is lost.
+    assert_eq!(poll_seen(&first, &key, 1, &[]).await.message_id(), a);
+    // The retry reaches the second replica, which answers with B.
+    assert_eq!(poll_seen(&second, &key, 1, &[]).await.message_id(), b);
+    // Back on the first: the client shows B, not A, so A goes back to the
+    // queue and comes to the client now.
+    let r = poll_seen(&first, &key, 2, &[&b]).await;
+    assert_eq!(r.message_id(), a, "A is not lost");
+    // The second replica's B comes back after its replay TTL: the client lists
+    // it, so it is acked and skipped, not shown twice.
+    let next = {
+        let (c, url) = (first.client.clone(), format!("{}/", first.base));
+        let (key, seen) = (key.clone(), format!("{a},{b}"));
+        tokio::spawn(async move {
+            Poll::read(
+                c.get(url)
+                    .query(&[
+                        ("uuid", key.as_str()),
+                        ("sequence", "3"),
+                        ("seen", seen.as_str()),
+                    ])
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        })
+    };
+    first
+        .wait_metric("longpoll_messages_skipped_total", 1.0)
+        .await;
+    let c = first.emit(&event, json!({"n": "C"})).await;
+    assert_eq!(next.await.unwrap().message_id(), c);
+}

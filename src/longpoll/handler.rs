@@ -20,10 +20,26 @@ use crate::shutdown::Shutdown;
 use crate::telemetry::traces::PollTrace;
 use crate::telemetry::{Metrics, key_hash};
 
-/// The message id last answered for the polled uuid, put in the request's
-/// extensions by the sequence layer.
+/// What the client is known to have, put in the request's extensions by the
+/// sequence layer: its `seen` list when it sent one, and the message id last
+/// answered for the uuid on this replica.
 #[derive(Debug, Clone, Default)]
-pub struct LastAnsweredId(pub Option<Arc<str>>);
+pub struct KnownToClient {
+    pub seen: Option<Vec<String>>,
+    pub last_answered: Option<Arc<str>>,
+}
+
+impl KnownToClient {
+    /// Should this delivery be acked and skipped rather than shown? A client
+    /// that lists the message id has it (a redelivery); without a list, a
+    /// redelivery of the last answered message is one (contract point 8).
+    pub fn has(&self, message_id: &str, redelivered: bool) -> bool {
+        match &self.seen {
+            Some(ids) => ids.iter().any(|id| id == message_id),
+            None => redelivered && self.last_answered.as_deref() == Some(message_id),
+        }
+    }
+}
 
 /// What the handler needs, shared by every poll.
 #[derive(Clone)]
@@ -58,9 +74,9 @@ pub async fn handle_poll(ctx: PollContext, req: Request<Body>) -> Response {
         }
         .into_response();
     }
-    let last = req
+    let known = req
         .extensions()
-        .get::<LastAnsweredId>()
+        .get::<KnownToClient>()
         .cloned()
         .unwrap_or_default();
     let trace = req.extensions().get::<PollTrace>().cloned();
@@ -71,7 +87,7 @@ pub async fn handle_poll(ctx: PollContext, req: Request<Body>) -> Response {
     );
     let outcome = async {
         tokio::select! {
-            outcome = wait_for_message(&ctx, &request, last, trace.as_ref()) => outcome,
+            outcome = wait_for_message(&ctx, &request, known, trace.as_ref()) => outcome,
             _ = ctx.shutdown.draining() => PollOutcome::Unavailable { retry_after_secs: 0 },
         }
     }
@@ -112,7 +128,7 @@ fn inspect_body(body: &[u8], uuid: &str) -> BodyFlags {
 async fn wait_for_message(
     ctx: &PollContext,
     request: &PollRequest,
-    last: LastAnsweredId,
+    known: KnownToClient,
     trace: Option<&PollTrace>,
 ) -> PollOutcome {
     loop {
@@ -132,15 +148,11 @@ async fn wait_for_message(
                 };
             }
         };
-        let redelivery_of_last = delivery.redelivered
-            && last
-                .0
-                .as_deref()
-                .is_some_and(|id| id == &*delivery.message_id);
+        let client_has_it = known.has(&delivery.message_id, delivery.redelivered);
         let flags = inspect_body(&delivery.body, &request.uuid);
-        if redelivery_of_last || flags.from_this_client {
+        if client_has_it || flags.from_this_client {
             tracing::debug!(
-                redelivery_of_last,
+                client_has_it,
                 original_uuid = flags.from_this_client,
                 "skipping a message"
             );

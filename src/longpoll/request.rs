@@ -18,7 +18,14 @@ pub struct PollRequest {
     pub uuid: String,
     /// The client's sequence number.
     pub sequence: u64,
+    /// `seen`: the ids of the messages the client received most recently, most
+    /// recent first — the proof of receipt (see the sequence layer). `None`
+    /// for clients that do not send it (txlongpoll's).
+    pub seen: Option<Vec<String>>,
 }
+
+/// Most message ids a `seen` list may carry (the rest is ignored).
+pub const MAX_SEEN_IDS: usize = 32;
 
 /// Why a query is refused (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -35,10 +42,12 @@ pub enum QueryRejection {
 pub fn parse_query(query: Option<&str>) -> Result<PollQuery, QueryRejection> {
     let mut uuid: Option<String> = None;
     let mut sequence: Option<String> = None;
+    let mut seen: Option<String> = None;
     for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let slot = match name.as_ref() {
             "uuid" => &mut uuid,
             "sequence" => &mut sequence,
+            "seen" => &mut seen,
             _ => continue,
         };
         if slot.is_some() {
@@ -55,10 +64,25 @@ pub fn parse_query(query: Option<&str>) -> Result<PollQuery, QueryRejection> {
                 return Err(QueryRejection::InvalidSequence);
             }
             let sequence = s.parse().map_err(|_| QueryRejection::InvalidSequence)?;
-            Ok(PollQuery::Poll(PollRequest { uuid: u, sequence }))
+            Ok(PollQuery::Poll(PollRequest {
+                uuid: u,
+                sequence,
+                seen: seen.map(|list| parse_seen(&list)),
+            }))
         }
         _ => Err(QueryRejection::InvalidRequest),
     }
+}
+
+/// `seen=id1,id2,...`: ids of printable ASCII without commas, at most
+/// [`MAX_SEEN_IDS`]; anything else in the list is ignored.
+fn parse_seen(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty() && id.len() <= 128 && crate::config::is_printable_ascii(id))
+        .take(MAX_SEEN_IDS)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The rule that keeps browsers to their own queues: the name must carry the
@@ -97,7 +121,30 @@ mod tests {
         Ok(PollQuery::Poll(PollRequest {
             uuid: uuid.into(),
             sequence,
+            seen: None,
         }))
+    }
+
+    #[test]
+    fn seen_lists_the_clients_recent_message_ids() {
+        let q = parse_query(Some("uuid=q&sequence=2&seen=a%2Cb,,c%20d,")).unwrap();
+        let PollQuery::Poll(p) = q else { panic!() };
+        assert_eq!(p.seen, Some(vec!["a".to_owned(), "b".to_owned()]));
+        let PollQuery::Poll(p) = parse_query(Some("uuid=q&sequence=1&seen=")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.seen, Some(vec![]));
+        let long = (0..40).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let PollQuery::Poll(p) =
+            parse_query(Some(&format!("uuid=q&sequence=1&seen={long}"))).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(p.seen.unwrap().len(), MAX_SEEN_IDS);
+        assert_eq!(
+            parse_query(Some("uuid=q&sequence=1&seen=a&seen=b")),
+            Err(QueryRejection::InvalidRequest)
+        );
     }
 
     #[test]

@@ -64,14 +64,29 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 
 /// Opens a channel on one of `connections`. Opening cannot legitimately fail
 /// with NOT_FOUND: one that does carries another channel's error.
+///
+/// lapin never frees the id of a channel the *broker* closed (every probe of
+/// an unknown queue is one), so a connection runs out of channel ids after
+/// `channel_max` (2047 on RabbitMQ) such closes. A connection found exhausted
+/// is taken out of the pool and closed; the pool opens a fresh one.
 async fn open_channel(connections: &deadpool_lapin::Pool) -> Result<lapin::Channel, BrokerError> {
     let conn = connections
         .get()
         .await
         .map_err(|e| from_pool(e, "connection"))?;
-    conn.create_channel()
-        .await
-        .map_err(|e| from_lapin_on(&e, &[]))
+    match conn.create_channel().await {
+        Ok(channel) => Ok(channel),
+        Err(e) if matches!(e.kind(), lapin::ErrorKind::ChannelsLimitReached) => {
+            let conn = managed::Object::take(conn);
+            tracing::info!("an AMQP connection ran out of channel ids; replacing it");
+            let _ = conn.close(200, "channel ids exhausted".into()).await;
+            Err(BrokerError::new(
+                BrokerErrorKind::ChannelClosed,
+                "the connection ran out of channel ids and was replaced",
+            ))
+        }
+        Err(e) => Err(from_lapin_on(&e, &[])),
+    }
 }
 
 /// Creates confirm-mode channels for operations.
@@ -148,6 +163,20 @@ pub(crate) async fn op_channel(
     pool: &OpChannelPool,
     metrics: &Metrics,
 ) -> Result<OpChannel, BrokerError> {
+    let channel = checkout(pool).await;
+    metrics
+        .channel_pool_wait_seconds
+        .observe(channel.1.as_secs_f64());
+    record_pool_status(pool, metrics);
+    channel.0
+}
+
+/// Checks out a probe channel (its own small pool; not in the pool metrics).
+pub(crate) async fn probe_channel(pool: &OpChannelPool) -> Result<OpChannel, BrokerError> {
+    checkout(pool).await.0
+}
+
+async fn checkout(pool: &OpChannelPool) -> (Result<OpChannel, BrokerError>, std::time::Duration) {
     let started = Instant::now();
     let mut attempts = 0;
     let got = loop {
@@ -157,11 +186,7 @@ pub(crate) async fn op_channel(
             other => break other,
         }
     };
-    metrics
-        .channel_pool_wait_seconds
-        .observe(started.elapsed().as_secs_f64());
-    record_pool_status(pool, metrics);
-    got.map(|object| OpChannel(Some(object)))
+    (got.map(|object| OpChannel(Some(object))), started.elapsed())
 }
 
 pub(crate) fn record_pool_status(pool: &OpChannelPool, metrics: &Metrics) {

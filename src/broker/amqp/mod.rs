@@ -28,7 +28,7 @@ use lapin::{BasicProperties, Confirmation, ExchangeKind};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use self::channels::{ConsumerChannels, OpChannelPool, op_channel};
+use self::channels::{ConsumerChannels, OpChannelPool, op_channel, probe_channel};
 use self::consumers::{ActiveConsumer, ConsumerRegistry, QueueEntry};
 use self::errors::{from_lapin, from_lapin_on, short};
 use self::negative_cache::{NEGATIVE_CAPACITY, NEGATIVE_TTL, NegativeCache};
@@ -670,7 +670,7 @@ impl Broker for AmqpBroker {
         let name = short(queue)?;
         // Passive declares run on the probe connection: a missing queue closes
         // the channel, and that churn stays away from consumers and operations.
-        let ch = op_channel(&self.inner.probe_ops, &self.inner.metrics).await?;
+        let ch = probe_channel(&self.inner.probe_ops).await?;
         let q = ch
             .queue_declare(
                 name,

@@ -13,9 +13,9 @@ use axum::response::{IntoResponse, Response};
 use http::Request;
 use tower::{Layer, Service};
 
-use super::store::{Decision, SequenceStore, Signal, Waiting};
+use super::store::{Decision, Previous, SequenceStore, Signal, Waiting};
 use crate::broker::Acker;
-use crate::longpoll::handler::LastAnsweredId;
+use crate::longpoll::handler::KnownToClient;
 use crate::longpoll::outcome::{DeliveredAnswer, PollOutcome};
 use crate::longpoll::request::{PollQuery, QueueRules, parse_query};
 use crate::telemetry::traces::PollTrace;
@@ -81,7 +81,7 @@ where
         };
         let store = self.store.clone();
         Box::pin(async move {
-            let waiting = match store.begin(&poll.uuid, poll.sequence) {
+            let waiting = match store.begin(&poll.uuid, poll.sequence, poll.seen.as_deref()) {
                 Decision::Replay(answer) => {
                     tracing::debug!(sequence = poll.sequence, "replaying an answered sequence");
                     if let Some(t) = req.extensions().get::<PollTrace>() {
@@ -98,7 +98,7 @@ where
             let Waiting {
                 ticket,
                 signals,
-                ack,
+                previous,
                 last_message_id,
             } = waiting;
             let mut ticket = Ticket {
@@ -107,14 +107,29 @@ where
                 ticket,
                 done: false,
             };
-            if let Some(previous) = ack
-                && let Err(e) = previous.ack().await
-            {
-                // Its channel is gone, so the broker requeued it; the
-                // handler will skip its redelivery (same message id).
-                tracing::debug!(error = %e, "ack of the previous answer failed");
+            match previous {
+                Some(Previous::Ack(acker)) => {
+                    if let Err(e) = acker.ack().await {
+                        // Its channel is gone, so the broker requeued it; the
+                        // handler will skip its redelivery (same message id).
+                        tracing::debug!(error = %e, "ack of the previous answer failed");
+                    }
+                }
+                Some(Previous::Requeue(acker)) => {
+                    tracing::debug!(
+                        sequence = poll.sequence,
+                        "the client did not get the previous answer; requeueing it"
+                    );
+                    if let Err(e) = acker.requeue().await {
+                        tracing::debug!(error = %e, "requeue of the previous answer failed");
+                    }
+                }
+                None => {}
             }
-            req.extensions_mut().insert(LastAnsweredId(last_message_id));
+            req.extensions_mut().insert(KnownToClient {
+                seen: poll.seen.clone(),
+                last_answered: last_message_id,
+            });
             let trace = req.extensions().get::<PollTrace>().cloned();
             tokio::select! {
                 biased;

@@ -26,4 +26,4 @@ mod layer;
 mod store;
 
 pub use layer::{SequenceDedup, SequenceDedupLayer};
-pub use store::{Decision, SequenceStore, Signal};
+pub use store::{Decision, Previous, SequenceStore, Signal};

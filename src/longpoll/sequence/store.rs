@@ -36,13 +36,23 @@ pub enum Decision {
     Wait(Waiting),
 }
 
-/// A poll admitted to wait. `ack` is the previous answer's message, proven
-/// received by this higher sequence: the caller acks it before waiting.
+/// What becomes of the previous answer's message when a higher sequence comes.
+#[derive(Debug)]
+pub enum Previous {
+    /// The client has it: ack it.
+    Ack(Acker),
+    /// The client shows it does not (its `seen` list lacks it: the answer was
+    /// lost and another replica answered that sequence): back to the queue.
+    Requeue(Acker),
+}
+
+/// A poll admitted to wait. `previous` is the last answer's message, to settle
+/// before waiting.
 #[derive(Debug)]
 pub struct Waiting {
     pub ticket: u64,
     pub signals: oneshot::Receiver<Signal>,
-    pub ack: Option<Acker>,
+    pub previous: Option<Previous>,
     pub last_message_id: Option<Arc<str>>,
 }
 
@@ -108,12 +118,13 @@ impl SequenceStore {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a poll `(uuid, sequence)`.
-    pub fn begin(&self, uuid: &str, sequence: u64) -> Decision {
+    /// Admits a poll `(uuid, sequence)`. `seen` is the client's list of the
+    /// message ids it received lately, when it sends one.
+    pub fn begin(&self, uuid: &str, sequence: u64, seen: Option<&[String]>) -> Decision {
         let mut st = self.lock();
         let st = &mut *st;
         let slot = st.slots.entry(uuid.into()).or_default();
-        let mut ack = None;
+        let mut previous = None;
         if let Some(answered) = &slot.answered {
             let answered_seq = answered.answer.sequence;
             if sequence == answered_seq {
@@ -125,8 +136,18 @@ impl SequenceStore {
                     last_answered: answered_seq,
                 };
             }
-            // A higher sequence proves the client received the answer.
-            ack = slot.answered.take().and_then(|a| a.acker);
+            // A higher sequence says the client has an answer for that sequence;
+            // its `seen` list, when sent, says whether it is this one (another
+            // replica may have answered a retry of it).
+            let shown =
+                seen.is_none_or(|ids| ids.iter().any(|id| **id == *answered.answer.message_id));
+            previous = slot.answered.take().and_then(|a| a.acker).map(|acker| {
+                if shown {
+                    Previous::Ack(acker)
+                } else {
+                    Previous::Requeue(acker)
+                }
+            });
             st.answered -= 1;
         } else if let Some((last_seq, _)) = &slot.last
             && sequence <= *last_seq
@@ -153,7 +174,7 @@ impl SequenceStore {
         Decision::Wait(Waiting {
             ticket,
             signals: rx,
-            ack,
+            previous,
             last_message_id,
         })
     }
@@ -300,39 +321,68 @@ mod tests {
     #[tokio::test]
     async fn same_sequence_replays_and_lower_is_stale() {
         let s = store(Duration::from_secs(60), 10);
-        let w = wait(s.begin("u", 5));
+        let w = wait(s.begin("u", 5, None));
         s.finish("u", w.ticket, Some((answer(5, "m5"), None)));
-        assert!(matches!(s.begin("u", 5), Decision::Replay(a) if &*a.message_id == "m5"));
+        assert!(matches!(s.begin("u", 5, None), Decision::Replay(a) if &*a.message_id == "m5"));
         assert!(matches!(
-            s.begin("u", 4),
+            s.begin("u", 4, None),
             Decision::Stale { last_answered: 5 }
         ));
-        let next = wait(s.begin("u", 6));
+        let next = wait(s.begin("u", 6, None));
         assert_eq!(next.last_message_id.as_deref(), Some("m5"));
+        assert!(matches!(next.previous, Some(Previous::Ack(_)) | None));
         // After the ack, going back is stale too.
         assert!(matches!(
-            s.begin("u", 5),
+            s.begin("u", 5, None),
             Decision::Stale { last_answered: 5 }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_higher_sequence_acks_only_an_answer_the_client_shows() {
+        let s = store(Duration::from_secs(60), 10);
+        let metrics = Arc::new(Metrics::new());
+        let acker = || {
+            struct Nothing;
+            #[async_trait::async_trait]
+            impl crate::broker::Settle for Nothing {
+                async fn ack(&self) -> Result<(), crate::broker::BrokerError> {
+                    Ok(())
+                }
+                async fn requeue(&self) -> Result<(), crate::broker::BrokerError> {
+                    Ok(())
+                }
+            }
+            Some(Acker::new(Box::new(Nothing), metrics.clone()))
+        };
+        let w = wait(s.begin("u", 1, Some(&[])));
+        s.finish("u", w.ticket, Some((answer(1, "m1"), acker())));
+        // The client's next poll shows m1: acked.
+        let next = wait(s.begin("u", 2, Some(&["m1".to_owned()])));
+        assert!(matches!(next.previous, Some(Previous::Ack(_))));
+        s.finish("u", next.ticket, Some((answer(2, "m2"), acker())));
+        // It shows another message for 2 (another replica answered a retry): requeued.
+        let next = wait(s.begin("u", 3, Some(&["other".to_owned(), "m1".to_owned()])));
+        assert!(matches!(next.previous, Some(Previous::Requeue(_))));
     }
 
     #[tokio::test]
     async fn a_newer_poll_supersedes_the_held_one() {
         let s = store(Duration::from_secs(60), 10);
-        let first = wait(s.begin("u", 1));
-        let second = wait(s.begin("u", 1));
+        let first = wait(s.begin("u", 1, None));
+        let second = wait(s.begin("u", 1, None));
         assert!(matches!(first.signals.await, Ok(Signal::Superseded)));
         // The superseded poll finishing does not disturb the new holder.
         s.finish("u", first.ticket, None);
         s.finish("u", second.ticket, Some((answer(1, "m1"), None)));
-        assert!(matches!(s.begin("u", 1), Decision::Replay(_)));
+        assert!(matches!(s.begin("u", 1, None), Decision::Replay(_)));
     }
 
     #[tokio::test]
     async fn a_late_answer_is_handed_to_the_poll_waiting_for_the_same_sequence() {
         let s = store(Duration::from_secs(60), 10);
-        let first = wait(s.begin("u", 3));
-        let second = wait(s.begin("u", 3));
+        let first = wait(s.begin("u", 3, None));
+        let second = wait(s.begin("u", 3, None));
         s.finish("u", first.ticket, Some((answer(3, "m3"), None)));
         assert!(matches!(second.signals.await, Ok(Signal::Replay(a)) if a.sequence == 3));
     }
@@ -340,7 +390,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn answers_expire_after_the_ttl_and_the_slot_is_forgotten() {
         let s = store(Duration::from_secs(300), 10);
-        let w = wait(s.begin("u", 1));
+        let w = wait(s.begin("u", 1, None));
         s.finish("u", w.ticket, Some((answer(1, "m1"), None)));
         assert!(s.expire(Instant::now()).is_empty());
         tokio::time::advance(Duration::from_secs(301)).await;
@@ -348,21 +398,21 @@ mod tests {
         assert_eq!(s.answered(), 0);
         assert!(s.lock().slots.is_empty());
         // The same sequence now waits again instead of replaying.
-        assert!(matches!(s.begin("u", 1), Decision::Wait(_)));
+        assert!(matches!(s.begin("u", 1, None), Decision::Wait(_)));
     }
 
     #[tokio::test]
     async fn capacity_bounds_the_answers_kept() {
         let s = store(Duration::from_secs(300), 2);
         for u in ["a", "b", "c"] {
-            let w = wait(s.begin(u, 1));
+            let w = wait(s.begin(u, 1, None));
             s.finish(u, w.ticket, Some((answer(1, u), None)));
         }
         assert_eq!(s.answered(), 2);
         assert!(
-            matches!(s.begin("a", 1), Decision::Wait(_)),
+            matches!(s.begin("a", 1, None), Decision::Wait(_)),
             "oldest evicted"
         );
-        assert!(matches!(s.begin("c", 1), Decision::Replay(_)));
+        assert!(matches!(s.begin("c", 1, None), Decision::Replay(_)));
     }
 }

@@ -42,11 +42,14 @@ browserTest('behind a reverse proxy at /longpoll/, the uri handed out works as i
   const [fired] = await eventsOf(page, eventKey);
   assert.equal(fired.messageId, sent.message_id);
   const polls = site.polls();
-  assert.equal(polls[0].url, `/longpoll/?via=ingress&uuid=${key}&sequence=1`);
-  assert.equal(polls[1].url, `/longpoll/?via=ingress&uuid=${key}&sequence=2`);
+  // Each poll carries the ids received lately (`seen`, the proof of receipt).
+  assert.equal(polls[0].url, `/longpoll/?via=ingress&uuid=${key}&sequence=1&seen=`);
+  assert.equal(polls[1].url,
+    `/longpoll/?via=ingress&uuid=${key}&sequence=2&seen=${encodeURIComponent(sent.message_id)}`);
 
   // pollUrl keeps the prefix and any query, replaces uuid/sequence, drops the
-  // fragment, and resolves a relative uri against the page.
+  // fragment, resolves a relative uri against the page, and adds `seen`
+  // (empty for a client that has received nothing yet).
   const urls = await page.evaluate(() => [
     'http://gw.example/longpoll/',
     'http://gw.example/longpoll/?a=b',
@@ -55,11 +58,11 @@ browserTest('behind a reverse proxy at /longpoll/, the uri handed out works as i
     'poll',
   ].map((uri) => new LongPoll({ uri, key: 'longpoll.subscribe.k' }).pollUrl(3)));
   assert.deepEqual(urls, [
-    'http://gw.example/longpoll/?uuid=longpoll.subscribe.k&sequence=3',
-    'http://gw.example/longpoll/?a=b&uuid=longpoll.subscribe.k&sequence=3',
-    'http://gw.example/lp?uuid=longpoll.subscribe.k&sequence=3',
-    `${site.url}/longpoll/?uuid=longpoll.subscribe.k&sequence=3`,
-    `${site.url}/app/poll?uuid=longpoll.subscribe.k&sequence=3`,
+    'http://gw.example/longpoll/?uuid=longpoll.subscribe.k&sequence=3&seen=',
+    'http://gw.example/longpoll/?a=b&uuid=longpoll.subscribe.k&sequence=3&seen=',
+    'http://gw.example/lp?uuid=longpoll.subscribe.k&sequence=3&seen=',
+    `${site.url}/longpoll/?uuid=longpoll.subscribe.k&sequence=3&seen=`,
+    `${site.url}/app/poll?uuid=longpoll.subscribe.k&sequence=3&seen=`,
   ]);
 });
 
