@@ -137,6 +137,21 @@ pub struct ServeArgs {
     /// HTTP/2: concurrent streams (held polls) per connection.
     #[arg(long, value_name = "N", env = "LONGPOLL_HTTP2_MAX_STREAMS")]
     pub http2_max_streams: Option<String>,
+    /// amqps: PEM file of the CA certificates that signed the broker's certificate.
+    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_CA_FILE")]
+    pub broker_ca_file: Option<String>,
+    /// amqps: PEM client certificate (with --broker-key-file).
+    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_CERT_FILE")]
+    pub broker_cert_file: Option<String>,
+    /// amqps: PEM (PKCS#8) private key of the client certificate.
+    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_KEY_FILE")]
+    pub broker_key_file: Option<String>,
+    /// Broker username read from a file at each connection (a Secret mount).
+    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_USERNAME_FILE")]
+    pub broker_username_file: Option<String>,
+    /// Broker password read from a file at each connection (a Secret mount).
+    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_PASSWORD_FILE")]
+    pub broker_password_file: Option<String>,
 }
 
 /// Which broker the gateway talks to.
@@ -270,6 +285,16 @@ pub struct MemoryLimits {
     pub max_queues: usize,
 }
 
+/// Files for the broker connection: TLS material and credentials.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username_file: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
+}
+
 /// Connection limits of the public listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -302,6 +327,7 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub memory: MemoryLimits,
     pub limits: ConnectionLimits,
+    pub broker_tls: BrokerTls,
 }
 
 /// Default channel pool size: enough channels that consumers are spread out and
@@ -340,6 +366,7 @@ impl Default for Settings {
                 max_uri_bytes: 4 * 1024,
                 http2_max_streams: 10_000,
             },
+            broker_tls: BrokerTls::default(),
         }
     }
 }
@@ -370,6 +397,11 @@ const FILE_KEYS: &[&str] = &[
     "max-header-bytes",
     "max-uri-bytes",
     "http2-max-streams",
+    "broker-ca-file",
+    "broker-cert-file",
+    "broker-key-file",
+    "broker-username-file",
+    "broker-password-file",
 ];
 
 fn env_name(flag: &str) -> String {
@@ -635,6 +667,40 @@ impl ServeArgs {
             .map_err(|_| ConfigError::invalid("http2-max-streams", "too large"))?,
         };
 
+        let file = |name: &str, v: &Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+            match pick(v, name) {
+                None => Ok(None),
+                Some(p) if p.is_empty() => Ok(None),
+                Some(p) => {
+                    let path = PathBuf::from(&p);
+                    std::fs::metadata(&path)
+                        .map_err(|e| ConfigError::invalid(name, format!("{p}: {e}")))?;
+                    Ok(Some(path))
+                }
+            }
+        };
+        let broker_tls = BrokerTls {
+            ca_file: file("broker-ca-file", &self.broker_ca_file)?,
+            cert_file: file("broker-cert-file", &self.broker_cert_file)?,
+            key_file: file("broker-key-file", &self.broker_key_file)?,
+            username_file: file("broker-username-file", &self.broker_username_file)?,
+            password_file: file("broker-password-file", &self.broker_password_file)?,
+        };
+        if broker_tls.cert_file.is_some() != broker_tls.key_file.is_some() {
+            return Err(ConfigError::invalid(
+                "broker-cert-file",
+                "a client certificate needs both --broker-cert-file and --broker-key-file",
+            ));
+        }
+        let tls_files = broker_tls.ca_file.is_some() || broker_tls.cert_file.is_some();
+        let amqps = matches!(&broker, BrokerUrl::Amqp(u) if u.expose().starts_with("amqps:"));
+        if tls_files && !amqps {
+            return Err(ConfigError::invalid(
+                "broker-ca-file",
+                "TLS files need an amqps:// --broker",
+            ));
+        }
+
         Ok(Settings {
             listen,
             admin_listen,
@@ -655,6 +721,7 @@ impl ServeArgs {
             drain_timeout,
             memory,
             limits,
+            broker_tls,
         })
     }
 }

@@ -1,5 +1,5 @@
 //! AMQP channels: a pool of exclusive operation channels and a set of shared
-//! consumer channels, both opened on deadpool-lapin's pooled connections.
+//! consumer channels, both opened on the pooled connections.
 //!
 //! Why two kinds: a broker-side channel error (404 on a passive declare of an
 //! unknown queue, 403, 406) closes the channel it happened on, and every unacked
@@ -16,35 +16,14 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, Metrics as PoolMetrics, RecycleError, RecycleResult};
 use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
 
-use super::errors::{from_lapin_on, from_pool};
+use super::connections::{Connections, POOL_WAIT};
+use super::errors::from_lapin_on;
 use crate::broker::{BrokerError, BrokerErrorKind};
-use crate::config::SecretUrl;
 use crate::telemetry::Metrics;
-
-/// A pool of AMQP connections (deadpool-lapin), named for `rabbitmqctl`.
-pub(crate) fn connection_pool(
-    url: &SecretUrl,
-    name: String,
-    size: usize,
-) -> Result<deadpool_lapin::Pool, BrokerError> {
-    let manager = deadpool_lapin::Manager::new(
-        url.expose().to_owned(),
-        move || lapin::ConnectionProperties::default().with_connection_name(name.clone().into()),
-        async_rs::Runtime::tokio_current(),
-    );
-    deadpool_lapin::Pool::builder(manager)
-        .max_size(size.max(1))
-        .wait_timeout(Some(POOL_WAIT))
-        .create_timeout(Some(POOL_WAIT))
-        .recycle_timeout(Some(Duration::from_secs(2)))
-        .runtime(deadpool_lapin::Runtime::Tokio1)
-        .build()
-        .map_err(|e| BrokerError::new(BrokerErrorKind::Internal, e.to_string()))
-}
 
 /// A pool of operation channels opened on `connections`.
 pub(crate) fn op_channel_pool(
-    connections: &deadpool_lapin::Pool,
+    connections: &Connections,
     size: usize,
 ) -> Result<OpChannelPool, BrokerError> {
     OpChannelPool::builder(OpChannelManager {
@@ -59,9 +38,6 @@ pub(crate) fn op_channel_pool(
     .map_err(|e| BrokerError::new(BrokerErrorKind::Internal, e.to_string()))
 }
 
-/// How long a caller waits for a pooled connection or channel, or for one to open.
-const POOL_WAIT: Duration = Duration::from_secs(5);
-
 /// Opens a channel on one of `connections`. Opening cannot legitimately fail
 /// with NOT_FOUND: one that does carries another channel's error.
 ///
@@ -69,15 +45,12 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 /// an unknown queue is one), so a connection runs out of channel ids after
 /// `channel_max` (2047 on RabbitMQ) such closes. A connection found exhausted
 /// is taken out of the pool and closed; the pool opens a fresh one.
-async fn open_channel(connections: &deadpool_lapin::Pool) -> Result<lapin::Channel, BrokerError> {
-    let conn = connections
-        .get()
-        .await
-        .map_err(|e| from_pool(e, "connection"))?;
+async fn open_channel(connections: &Connections) -> Result<lapin::Channel, BrokerError> {
+    let conn = connections.get().await?;
     match conn.create_channel().await {
         Ok(channel) => Ok(channel),
         Err(e) if matches!(e.kind(), lapin::ErrorKind::ChannelsLimitReached) => {
-            let conn = managed::Object::take(conn);
+            let conn = conn.detach();
             tracing::info!("an AMQP connection ran out of channel ids; replacing it");
             let _ = conn.close(200, "channel ids exhausted".into()).await;
             Err(BrokerError::new(
@@ -91,7 +64,7 @@ async fn open_channel(connections: &deadpool_lapin::Pool) -> Result<lapin::Chann
 
 /// Creates confirm-mode channels for operations.
 pub(crate) struct OpChannelManager {
-    pub(crate) connections: deadpool_lapin::Pool,
+    pub(crate) connections: Connections,
 }
 
 impl managed::Manager for OpChannelManager {
@@ -202,11 +175,11 @@ pub(crate) fn record_pool_status(pool: &OpChannelPool, metrics: &Metrics) {
 pub(crate) struct ConsumerChannels {
     slots: Vec<tokio::sync::Mutex<Option<lapin::Channel>>>,
     next: AtomicUsize,
-    connections: deadpool_lapin::Pool,
+    connections: Connections,
 }
 
 impl ConsumerChannels {
-    pub(crate) fn new(size: usize, connections: deadpool_lapin::Pool) -> Arc<Self> {
+    pub(crate) fn new(size: usize, connections: Connections) -> Arc<Self> {
         Arc::new(ConsumerChannels {
             slots: (0..size.max(1))
                 .map(|_| tokio::sync::Mutex::new(None))

@@ -1,4 +1,4 @@
-//! RabbitMQ through lapin, with deadpool-lapin's pooled connections.
+//! RabbitMQ through lapin, with pooled connections (deadpool-lapin).
 //!
 //! Owns: the connection supervisor (reconnect with backoff, the connectivity
 //! that `/readyz` reports), the exchange (declared with `--exchange-type` when
@@ -8,6 +8,7 @@
 //! reconnection strategy here (the two fight each other).
 
 mod channels;
+mod connections;
 mod consumers;
 mod errors;
 pub mod negative_cache;
@@ -29,6 +30,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::channels::{ConsumerChannels, OpChannelPool, op_channel, probe_channel};
+use self::connections::Connections;
 use self::consumers::{ActiveConsumer, ConsumerRegistry, QueueEntry};
 use self::errors::{from_lapin, from_lapin_on, short};
 use self::negative_cache::{NEGATIVE_CAPACITY, NEGATIVE_TTL, NegativeCache};
@@ -36,7 +38,7 @@ use super::{
     Acker, Backoff, Broker, BrokerError, BrokerErrorKind, Connectivity, Delivery, OutgoingMessage,
     QueueStats, Settle, derive_message_id,
 };
-use crate::config::{ExchangeType, SecretUrl, Settings};
+use crate::config::{BrokerTls, ExchangeType, SecretUrl, Settings};
 use crate::telemetry::Metrics;
 use crate::telemetry::traces::SettleTrace;
 
@@ -54,6 +56,8 @@ pub struct AmqpOptions {
     /// How long a queue's consumer is kept after a delivery, waiting for the
     /// client's next poll.
     pub consumer_linger: Duration,
+    /// TLS material and credential files.
+    pub tls: BrokerTls,
 }
 
 impl AmqpOptions {
@@ -66,6 +70,7 @@ impl AmqpOptions {
             channel_pool_size: s.channel_pool_size,
             connections: 2,
             consumer_linger: Duration::from_secs(10),
+            tls: s.broker_tls.clone(),
         }
     }
 }
@@ -75,11 +80,11 @@ pub const TIMESTAMP_MS_HEADER: &str = "timestamp_in_ms";
 
 struct Inner {
     options: AmqpOptions,
-    connections: deadpool_lapin::Pool,
+    connections: Connections,
     ops: OpChannelPool,
     /// Channels for passive declares, on a connection of their own.
     probe_ops: OpChannelPool,
-    probe_connections: deadpool_lapin::Pool,
+    probe_connections: Connections,
     consumer_channels: Arc<ConsumerChannels>,
     consumers: ConsumerRegistry,
     state: watch::Sender<Connectivity>,
@@ -116,15 +121,19 @@ impl AmqpBroker {
         // The process id in the name lets an operator (and a test) tell one
         // replica's connections apart in `rabbitmqctl list_connections`.
         let name = format!("longpoll-gateway pid={}", std::process::id());
-        let connections =
-            channels::connection_pool(&options.url, name.clone(), options.connections)?;
+        let connections = Connections::new(
+            &options.url,
+            name.clone(),
+            options.connections,
+            &options.tls,
+        )?;
         let ops = channels::op_channel_pool(&connections, options.channel_pool_size)?;
         // Passive declares (probes) get a connection of their own: each unknown
         // queue closes the channel it was probed on, and that churn stays away
         // from the consumers and the operations.
         let probe_slots = (options.channel_pool_size / 2).clamp(1, 8);
         let probe_connections =
-            channels::connection_pool(&options.url, format!("{name} probes"), 1)?;
+            Connections::new(&options.url, format!("{name} probes"), 1, &options.tls)?;
         let probe_ops = channels::op_channel_pool(&probe_connections, probe_slots)?;
         let (state, _) = watch::channel(Connectivity::Disconnected {
             since: Instant::now(),
@@ -699,14 +708,14 @@ impl Broker for AmqpBroker {
         self.inner.ops.close();
         self.inner.probe_ops.close();
         self.inner.probe_connections.close();
-        let idle = self.inner.connections.status().available;
+        let idle = self.inner.connections.available();
         for _ in 0..idle {
             match tokio::time::timeout(Duration::from_secs(1), self.inner.connections.get()).await {
                 Ok(Ok(conn)) => {
+                    let conn = conn.detach();
                     if conn.status().connected() {
                         let _ = conn.close(200, "shutdown".into()).await;
                     }
-                    let _ = deadpool::managed::Object::take(conn);
                 }
                 _ => break,
             }
@@ -807,7 +816,6 @@ async fn supervise(inner: Weak<Inner>, stop: CancellationToken) {
                 backoff.next_delay()
             }
             Err(e) => {
-                let e = errors::from_pool(e, "connect");
                 if !warned {
                     tracing::warn!(error = %e, "cannot reach the broker; retrying with backoff");
                     warned = true;

@@ -1,0 +1,267 @@
+//! The pooled AMQP connections: deadpool-lapin's manager for plain and
+//! default-TLS connections, and a deadpool manager of our own when the broker
+//! needs a CA file or a client certificate (deadpool-lapin's manager takes only
+//! a URL). Both pools hand out connections the same way.
+//!
+//! Broker credentials may come from files (a Kubernetes Secret mount): they are
+//! read at each new connection, so a rotated password is picked up without a
+//! restart, and never appear in the URL that is printed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics as PoolMetrics, RecycleError, RecycleResult};
+use lapin::auth::AuthProvider;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::types::{LongString, ShortString};
+
+use super::errors::from_pool;
+use crate::broker::{BrokerError, BrokerErrorKind};
+use crate::config::{BrokerTls, SecretUrl};
+
+/// How long a caller waits for a pooled connection, or for one to open.
+pub(crate) const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// SASL PLAIN with the username and/or password read from files at each
+/// connection (what is not in a file comes from the URL).
+#[derive(Clone)]
+pub(crate) struct FileCredentials {
+    username_file: Option<PathBuf>,
+    password_file: Option<PathBuf>,
+    url_username: String,
+    url_password: String,
+}
+
+impl FileCredentials {
+    fn read(path: &Option<PathBuf>, fallback: &str) -> Result<String, String> {
+        match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| format!("cannot read {}: {e}", p.display())),
+            None => Ok(fallback.to_owned()),
+        }
+    }
+}
+
+impl AuthProvider for FileCredentials {
+    fn mechanism(&self) -> ShortString {
+        "PLAIN".into()
+    }
+
+    fn auth_starter(&self) -> Result<LongString, String> {
+        let user = Self::read(&self.username_file, &self.url_username)?;
+        let password = Self::read(&self.password_file, &self.url_password)?;
+        Ok(format!("\0{user}\0{password}").into())
+    }
+}
+
+/// What a new connection is made with.
+#[derive(Clone)]
+struct ConnectionRecipe {
+    url: String,
+    name: String,
+    credentials: Option<FileCredentials>,
+}
+
+impl ConnectionRecipe {
+    fn properties(&self) -> lapin::ConnectionProperties {
+        let props =
+            lapin::ConnectionProperties::default().with_connection_name(self.name.clone().into());
+        match &self.credentials {
+            Some(c) => props.with_auth_provider(c.clone()),
+            None => props,
+        }
+    }
+}
+
+/// Connections with a CA file or a client certificate.
+pub(crate) struct TlsManager {
+    recipe: ConnectionRecipe,
+    tls: OwnedTLSConfig,
+}
+
+impl managed::Manager for TlsManager {
+    type Type = lapin::Connection;
+    type Error = lapin::Error;
+
+    async fn create(&self) -> Result<lapin::Connection, lapin::Error> {
+        lapin::Connection::connect_with_config(
+            &self.recipe.url,
+            self.recipe.properties(),
+            self.tls.clone(),
+            async_rs::Runtime::tokio_current(),
+        )
+        .await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut lapin::Connection,
+        _: &PoolMetrics,
+    ) -> RecycleResult<lapin::Error> {
+        if conn.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("connection lost"))
+        }
+    }
+}
+
+/// A pool of AMQP connections.
+#[derive(Clone)]
+pub(crate) enum Connections {
+    Lapin(deadpool_lapin::Pool),
+    Tls(managed::Pool<TlsManager>),
+}
+
+/// A connection checked out of [`Connections`].
+pub(crate) enum Connection {
+    Lapin(deadpool_lapin::Connection),
+    Tls(managed::Object<TlsManager>),
+}
+
+impl std::ops::Deref for Connection {
+    type Target = lapin::Connection;
+    fn deref(&self) -> &lapin::Connection {
+        match self {
+            Connection::Lapin(c) => c,
+            Connection::Tls(c) => c,
+        }
+    }
+}
+
+impl Connection {
+    /// Takes the connection out of its pool (to close it for good).
+    pub(crate) fn detach(self) -> lapin::Connection {
+        match self {
+            Connection::Lapin(c) => managed::Object::take(c),
+            Connection::Tls(c) => managed::Object::take(c),
+        }
+    }
+}
+
+impl Connections {
+    /// A pool of `size` connections to `url`, named `name` in `rabbitmqctl`.
+    pub(crate) fn new(
+        url: &SecretUrl,
+        name: String,
+        size: usize,
+        tls: &BrokerTls,
+    ) -> Result<Self, BrokerError> {
+        let build_err =
+            |e: &dyn std::fmt::Display| BrokerError::new(BrokerErrorKind::Internal, e.to_string());
+        let credentials = (tls.username_file.is_some() || tls.password_file.is_some()).then(|| {
+            let parsed = url::Url::parse(url.expose()).ok();
+            FileCredentials {
+                username_file: tls.username_file.clone(),
+                password_file: tls.password_file.clone(),
+                url_username: parsed
+                    .as_ref()
+                    .map(|u| u.username().to_owned())
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| "guest".into()),
+                url_password: parsed
+                    .as_ref()
+                    .and_then(|u| u.password().map(str::to_owned))
+                    .unwrap_or_default(),
+            }
+        });
+        let recipe = ConnectionRecipe {
+            url: url.expose().to_owned(),
+            name,
+            credentials,
+        };
+        if tls.ca_file.is_none() && tls.cert_file.is_none() {
+            let r = recipe.clone();
+            let manager = deadpool_lapin::Manager::new(
+                recipe.url.clone(),
+                move || r.properties(),
+                async_rs::Runtime::tokio_current(),
+            );
+            return deadpool_lapin::Pool::builder(manager)
+                .max_size(size.max(1))
+                .wait_timeout(Some(POOL_WAIT))
+                .create_timeout(Some(POOL_WAIT))
+                .recycle_timeout(Some(Duration::from_secs(2)))
+                .runtime(deadpool_lapin::Runtime::Tokio1)
+                .build()
+                .map(Connections::Lapin)
+                .map_err(|e| build_err(&e));
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                BrokerError::new(
+                    BrokerErrorKind::InvalidInput,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })
+        };
+        let cert_chain = match &tls.ca_file {
+            Some(p) => Some(String::from_utf8_lossy(&read(p)?).into_owned()),
+            None => None,
+        };
+        let identity = match (&tls.cert_file, &tls.key_file) {
+            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+                pem: read(cert)?,
+                key: read(key)?,
+            }),
+            _ => None,
+        };
+        let manager = TlsManager {
+            recipe,
+            tls: OwnedTLSConfig {
+                identity,
+                cert_chain,
+            },
+        };
+        managed::Pool::builder(manager)
+            .max_size(size.max(1))
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .recycle_timeout(Some(Duration::from_secs(2)))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map(Connections::Tls)
+            .map_err(|e| build_err(&e))
+    }
+
+    /// A connected connection (a new one when the pooled ones are gone).
+    pub(crate) async fn get(&self) -> Result<Connection, BrokerError> {
+        match self {
+            Connections::Lapin(p) => p
+                .get()
+                .await
+                .map(Connection::Lapin)
+                .map_err(|e| from_pool(e, "connection")),
+            Connections::Tls(p) => p
+                .get()
+                .await
+                .map(Connection::Tls)
+                .map_err(|e| from_pool(e, "connection")),
+        }
+    }
+
+    /// Connections idle in the pool now.
+    pub(crate) fn available(&self) -> usize {
+        match self {
+            Connections::Lapin(p) => p.status().available,
+            Connections::Tls(p) => p.status().available,
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        match self {
+            Connections::Lapin(p) => p.close(),
+            Connections::Tls(p) => p.close(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Connections::Lapin(_) => "Connections::Lapin",
+            Connections::Tls(_) => "Connections::Tls",
+        })
+    }
+}
