@@ -119,9 +119,10 @@ async fn tls_proxy(pki: &Pki) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
     (addr, seen)
 }
 
-/// A RabbitMQ user of the test's own, so that its password is a unique string.
+/// A RabbitMQ user of the test's own (tests run in parallel), so that its
+/// password is a unique string. It goes when the test ends.
 async fn broker_user() -> (String, String) {
-    let user = "lp-tls-test".to_owned();
+    let user = format!("lp-tls-{}", uuid::Uuid::new_v4().simple());
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
     let (added, _) = common::amqp::rabbitmqctl(&["add_user", &user, &password]).await;
     if !added {

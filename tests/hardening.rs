@@ -136,14 +136,16 @@ async fn a_thousand_concurrent_polls_for_one_key_cost_one_held_poll_and_one_cons
         })
         .collect();
     gw.wait_metric("longpoll_supersedes_total", 999.0).await;
-    assert_eq!(gw.metric("longpoll_polls_held").await, 1.0);
-    assert_eq!(gw.metric("longpoll_consumers").await, 1.0);
+    // The superseded polls finish within moments of their 409.
+    gw.wait_metric("longpoll_polls_held", 1.0).await;
+    gw.wait_metric("longpoll_consumers", 1.0).await;
     let conn = common::amqp::connect().await;
-    assert_eq!(
-        common::amqp::ready_and_consumers(&conn, &key).await.1,
-        1,
-        "one consumer on the broker"
-    );
+    common::eventually(
+        Duration::from_secs(10),
+        "one consumer on the broker",
+        || async { common::amqp::ready_and_consumers(&conn, &key).await.1 == 1 },
+    )
+    .await;
     gw.emit(&event, json!({"n": 1})).await;
     let mut statuses = std::collections::BTreeMap::new();
     for p in polls {
@@ -254,10 +256,10 @@ async fn ten_thousand_polls_for_random_unknown_keys_cost_bounded_broker_work() {
         "channels on the broker: {most_channels}"
     );
     let metrics = gw_metrics(&http, &gw).await;
-    assert_eq!(
-        common::metric_value(&metrics, "longpoll_queue_probes_total"),
-        10_000.0
-    );
+    // One probe per unknown key, plus the few retried when lapin handed a
+    // probe another channel's error or a connection ran out of channel ids.
+    let probes = common::metric_value(&metrics, "longpoll_queue_probes_total");
+    assert!((10_000.0..=12_000.0).contains(&probes), "probes: {probes}");
     assert_eq!(common::metric_value(&metrics, "longpoll_polls_held"), 0.0);
 }
 
