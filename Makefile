@@ -5,7 +5,7 @@ CARGO ?= cargo
 ISOLATED := binary(/^(broker_restart|cluster)$$/)
 
 .PHONY: run test lint fmt-check clippy deny unit deps rust-tests doc-tests restart-tests \
-        chart-test observability-test browser-test cluster-test load bench image clean help
+        chart-test observability-test browser-test cluster-test load bench bench-compare image clean help
 
 help:
 	@echo "make run    - the gateway on the embedded broker, with the management API and /demo"
@@ -13,6 +13,7 @@ help:
 	@echo "make cluster-test - 3 replicas behind nginx, failover scenarios at full size"
 	@echo "make load   - a load run with lp-load on both brokers"
 	@echo "make bench  - criterion benchmarks"
+	@echo "make bench-compare - the gateway vs nchan and raw AMQP, same scenario, one run, ratios"
 	@echo "make image  - the container image (needs a Docker engine)"
 
 run:
@@ -72,6 +73,9 @@ load:
 
 bench:
 	$(CARGO) bench
+
+bench-compare:
+	scripts/bench-compare
 
 image:
 	docker build -t longpoll-gateway:$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1) .

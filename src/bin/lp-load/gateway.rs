@@ -1,0 +1,281 @@
+//! Target `gateway`: subscriptions and events through the management API, polls
+//! following the contract's client rules.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use crate::http1::{Conn, Endpoint};
+use crate::raw::AmqpPublishers;
+use crate::stats::{Counters, now_us};
+use crate::{Args, BoxError, Ctx, Publish, PublishPlan, PublishVia, publish_loop};
+
+pub struct Gateway {
+    client: reqwest::Client,
+    base: String,
+    admin: Option<String>,
+    token: String,
+    /// The public endpoint (publishing) and the poll endpoint (from the `uri`
+    /// the API hands out, when it names the address we were given).
+    api: Arc<Endpoint>,
+    poll: Arc<Endpoint>,
+    keys: Vec<String>,
+    pub pids: Vec<u32>,
+    /// With --publish-via amqp: (RabbitMQ URL, the gateway's exchange, publishers).
+    via_amqp: Option<(String, String, usize)>,
+    amqp: Option<AmqpPublishers>,
+}
+
+impl Gateway {
+    pub fn new(args: &Args) -> Result<Gateway, BoxError> {
+        let token = args
+            .api_token
+            .clone()
+            .ok_or("--target gateway needs --api-token (or LONGPOLL_API_TOKEN)")?;
+        let base = args.gateway.trim_end_matches('/').to_owned();
+        let api = Arc::new(Endpoint::parse(&format!("{base}/"))?);
+        Ok(Gateway {
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(usize::MAX)
+                .timeout(Duration::from_secs(60))
+                .build()?,
+            poll: api.clone(),
+            api,
+            base,
+            admin: args.admin.clone(),
+            token,
+            keys: Vec::new(),
+            pids: args.pid.clone(),
+            via_amqp: (args.publish_via == PublishVia::Amqp)
+                .then(|| (args.amqp.clone(), args.exchange.clone(), args.publishers)),
+            amqp: None,
+        })
+    }
+
+    pub async fn prepare(&mut self, ctx: &Arc<Ctx>, subscribers: usize) -> Result<(), BoxError> {
+        let mut uri = format!("{}/", self.base);
+        let mut created = futures_util::stream::iter(0..subscribers)
+            .map(|i| {
+                let client = self.client.clone();
+                let url = format!("{}/api/v1/subscriptions", self.base);
+                let token = self.token.clone();
+                let key = ctx.event_key(i);
+                async move {
+                    let v = create_subscription(&client, &url, &token, &key).await?;
+                    Ok::<_, BoxError>((i, v))
+                }
+            })
+            .buffer_unordered(64);
+        let mut keys = vec![String::new(); subscribers];
+        while let Some(r) = created.next().await {
+            let (i, v) = r?;
+            keys[i] = v["key"].as_str().unwrap_or_default().to_owned();
+            if let Some(u) = v["uri"].as_str() {
+                uri = u.to_owned();
+            }
+        }
+        drop(created);
+        self.keys = keys;
+        if let Some((url, exchange, publishers)) = &self.via_amqp {
+            self.amqp = Some(AmqpPublishers::open(url, exchange, *publishers, false).await?);
+        }
+        // The uri handed out names the public host; keep the address we were given.
+        if uri.starts_with(&self.base) {
+            self.poll = Arc::new(Endpoint::parse(&uri)?);
+        }
+        Ok(())
+    }
+
+    pub fn spawn_subscribers(&self, ctx: &Arc<Ctx>) -> Vec<JoinHandle<()>> {
+        self.keys
+            .iter()
+            .map(|key| {
+                let conn = Conn::new(self.poll.clone(), ctx.gate.clone());
+                tokio::spawn(subscriber(conn, key.clone(), ctx.clone()))
+            })
+            .collect()
+    }
+
+    pub async fn held(&self) -> Option<usize> {
+        let admin = self.admin.as_ref()?;
+        let text = self
+            .client
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let held = text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == "longpoll_polls_held")
+                .then(|| v.parse::<f64>().ok())
+                .flatten()
+        });
+        // Unknown yet (the metric not exported) counts as none held.
+        Some(held.unwrap_or(0.0) as usize)
+    }
+
+    pub fn spawn_publisher(&self, ctx: &Arc<Ctx>, plan: PublishPlan) -> JoinHandle<()> {
+        if let Some(amqp) = &self.amqp {
+            return amqp.spawn(ctx, plan);
+        }
+        let p = GatewayPublisher {
+            conn: Conn::new(self.api.clone(), ctx.gate.clone()),
+            headers: format!(
+                "Authorization: Bearer {}\r\nContent-Type: application/json\r\n",
+                self.token
+            ),
+            path: format!("{}api/v1/events/", self.api.path),
+            ctx: ctx.clone(),
+        };
+        tokio::spawn(publish_loop(p, ctx.clone(), plan))
+    }
+
+    pub async fn finish(self) {
+        if let Some(amqp) = &self.amqp {
+            amqp.close().await;
+        }
+    }
+}
+
+/// POST /api/v1/subscriptions, retried (as a client would) while the gateway
+/// answers 503 or the connection fails.
+async fn create_subscription(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    event_key: &str,
+) -> Result<Value, BoxError> {
+    let mut backoff = Duration::from_millis(100);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let sent = client
+            .post(url)
+            .bearer_auth(token)
+            .json(&json!({ "event_keys": [event_key] }))
+            .send()
+            .await;
+        let retry_after = match sent {
+            Ok(r) if r.status().is_success() => return Ok(r.json::<Value>().await?),
+            Ok(r) if r.status().as_u16() == 503 => r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .map(Duration::from_secs),
+            Ok(r) => return Err(format!("POST {url}: {}", r.status()).into()),
+            Err(e) if attempts >= 30 => return Err(e.into()),
+            Err(_) => None,
+        };
+        if attempts >= 30 {
+            return Err(format!("POST {url}: still 503 after {attempts} attempts").into());
+        }
+        tokio::time::sleep(retry_after.unwrap_or(backoff).max(backoff)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+struct GatewayPublisher {
+    conn: Conn,
+    headers: String,
+    path: String,
+    ctx: Arc<Ctx>,
+}
+
+impl Publish for GatewayPublisher {
+    async fn publish(&mut self, key_index: usize, n: u64) -> bool {
+        let target = format!("{}{}", self.path, self.ctx.event_key(key_index));
+        let body = self.ctx.body(n, key_index, false);
+        matches!(
+            self.conn.send("POST", &target, &self.headers, &body).await,
+            Ok(r) if (200..300).contains(&r.status)
+        )
+    }
+}
+
+/// One subscriber following the client rules until stopped.
+async fn subscriber(mut conn: Conn, key: String, ctx: Arc<Ctx>) {
+    let c = &ctx.counters;
+    let mut sequence: u64 = 1;
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut seen_order: VecDeque<String> = VecDeque::new();
+    let mut backoff = Duration::from_millis(50);
+    let path = conn.endpoint().path.clone();
+    while !ctx.stopped() {
+        // Proof of receipt: the last ids shown, so that an answer lost in flight
+        // is requeued by whichever replica the retry reaches.
+        let mut target = format!("{path}?uuid={key}&sequence={sequence}");
+        for (i, id) in seen_order.iter().rev().take(8).enumerate() {
+            target.push_str(if i == 0 { "&seen=" } else { "," });
+            target.push_str(id);
+        }
+        let response = match conn.send("GET", &target, "", b"").await {
+            Ok(r) => r,
+            Err(_) => {
+                Counters::inc(&c.network_errors);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        match response.status {
+            200 | 400 => {
+                let received = now_us();
+                backoff = Duration::from_millis(50);
+                sequence += 1;
+                let id = response
+                    .header("x-longpoll-message-id")
+                    .unwrap_or_default()
+                    .to_owned();
+                if !seen.insert(id.clone()) {
+                    Counters::inc(&c.duplicates);
+                    continue;
+                }
+                seen_order.push_back(id);
+                if seen_order.len() > 1000
+                    && let Some(old) = seen_order.pop_front()
+                {
+                    seen.remove(&old);
+                }
+                Counters::inc(&c.delivered);
+                ctx.latencies.record(&response.body, received);
+            }
+            408 | 504 => Counters::inc(&c.timeouts),
+            404 => {
+                Counters::inc(&c.gone_404);
+                break;
+            }
+            409 => {
+                Counters::inc(&c.conflicts_409);
+                match response
+                    .header("x-longpoll-sequence")
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    Some(last) => sequence = last + 1,
+                    None => break, // superseded
+                }
+            }
+            503 => {
+                Counters::inc(&c.unavailable_503);
+                let wait = response
+                    .header("retry-after")
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .map(Duration::from_secs)
+                    .unwrap_or(backoff);
+                tokio::time::sleep(wait.max(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            _ => {
+                Counters::inc(&c.other_errors);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
