@@ -140,6 +140,10 @@ pub struct ServeArgs {
     /// amqps: PEM file of the CA certificates that signed the broker's certificate.
     #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_CA_FILE")]
     pub broker_ca_file: Option<String>,
+    /// amqps: the name sent as SNI and verified in the broker's certificate, when
+    /// it is not the URL's host (a broker reached by IP or through a tunnel).
+    #[arg(long, value_name = "NAME", env = "LONGPOLL_BROKER_TLS_SERVER_NAME")]
+    pub broker_tls_server_name: Option<String>,
     /// amqps: PEM client certificate (with --broker-key-file).
     #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_CERT_FILE")]
     pub broker_cert_file: Option<String>,
@@ -289,6 +293,8 @@ pub struct MemoryLimits {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BrokerTls {
     pub ca_file: Option<PathBuf>,
+    /// SNI and certificate name, instead of the URL's host.
+    pub server_name: Option<String>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub username_file: Option<PathBuf>,
@@ -398,6 +404,7 @@ const FILE_KEYS: &[&str] = &[
     "max-uri-bytes",
     "http2-max-streams",
     "broker-ca-file",
+    "broker-tls-server-name",
     "broker-cert-file",
     "broker-key-file",
     "broker-username-file",
@@ -681,6 +688,11 @@ impl ServeArgs {
         };
         let broker_tls = BrokerTls {
             ca_file: file("broker-ca-file", &self.broker_ca_file)?,
+            server_name: match pick(&self.broker_tls_server_name, "broker-tls-server-name") {
+                None => None,
+                Some(n) if n.is_empty() => None,
+                Some(n) => Some(tls_server_name(&n)?),
+            },
             cert_file: file("broker-cert-file", &self.broker_cert_file)?,
             key_file: file("broker-key-file", &self.broker_key_file)?,
             username_file: file("broker-username-file", &self.broker_username_file)?,
@@ -692,12 +704,14 @@ impl ServeArgs {
                 "a client certificate needs both --broker-cert-file and --broker-key-file",
             ));
         }
-        let tls_files = broker_tls.ca_file.is_some() || broker_tls.cert_file.is_some();
+        let tls_files = broker_tls.ca_file.is_some()
+            || broker_tls.cert_file.is_some()
+            || broker_tls.server_name.is_some();
         let amqps = matches!(&broker, BrokerUrl::Amqp(u) if u.expose().starts_with("amqps:"));
         if tls_files && !amqps {
             return Err(ConfigError::invalid(
                 "broker-ca-file",
-                "TLS files need an amqps:// --broker",
+                "TLS files and a TLS server name need an amqps:// --broker",
             ));
         }
 
@@ -751,6 +765,18 @@ fn count(name: &str, v: Option<String>, default: usize) -> Result<usize, ConfigE
         return Err(ConfigError::invalid(name, "must be greater than 0"));
     }
     Ok(n)
+}
+
+/// A DNS name or an IP address, as rustls accepts it for SNI and verification.
+fn tls_server_name(name: &str) -> Result<String, ConfigError> {
+    rustls::pki_types::ServerName::try_from(name)
+        .map(|_| name.to_owned())
+        .map_err(|_| {
+            ConfigError::invalid(
+                "broker-tls-server-name",
+                format!("{name:?}: expected a DNS name or an IP address"),
+            )
+        })
 }
 
 fn validate_origin(origin: &str) -> Result<(), ConfigError> {

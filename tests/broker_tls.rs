@@ -143,6 +143,7 @@ async fn amqps_with_a_ca_file_a_client_certificate_and_credential_files_works() 
         key_file: Some(pki.path("client.key")),
         username_file: Some(pki.write("username", &format!("{user}\n"))),
         password_file: Some(pki.write("password", &format!("{password}\n"))),
+        ..BrokerTls::default()
     };
     // No credentials in the URL: they come from the files.
     let url = format!("amqps://localhost:{}/%2f", proxy.port());
@@ -166,6 +167,44 @@ async fn amqps_with_a_ca_file_a_client_certificate_and_credential_files_works() 
             "SNI names the broker host"
         );
         assert!(s.client_certificate, "the client certificate was presented");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_reached_by_address_is_verified_and_named_by_the_tls_server_name() {
+    let pki = Pki::new();
+    let (proxy, seen) = tls_proxy(&pki).await;
+    let (user, password) = broker_user().await;
+    // The URL names an IP address (no SNI, and the certificate is for "localhost"):
+    // the TLS server name supplies both.
+    let url = format!("amqps://{user}:{password}@127.0.0.1:{}/%2f", proxy.port());
+    let tls = BrokerTls {
+        ca_file: Some(pki.path("ca.pem")),
+        cert_file: Some(pki.path("client.pem")),
+        key_file: Some(pki.path("client.key")),
+        server_name: Some("localhost".into()),
+        ..BrokerTls::default()
+    };
+    let gw = TestGateway::start_with(Backend::Rabbit, |s| {
+        s.broker = BrokerUrl::parse(&url).unwrap();
+        s.broker_tls = tls;
+    })
+    .await;
+    let event = unique("longpoll.event.tls-name");
+    let key = gw.subscribe(&[&event]).await;
+    gw.emit(&event, json!({"named": true})).await;
+    let r = gw.poll(&key, 1).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["named"], true);
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    for s in &seen {
+        assert_eq!(
+            s.sni.as_deref(),
+            Some("localhost"),
+            "SNI is the server name"
+        );
+        assert!(s.client_certificate);
     }
 }
 
@@ -246,6 +285,24 @@ async fn tls_settings_that_cannot_work_are_refused_with_one_line() {
                 "/nonexistent/ca.pem".into(),
             ],
             "--broker-ca-file",
+        ),
+        (
+            vec![
+                "--broker".into(),
+                "amqp://localhost/%2f".into(),
+                "--broker-tls-server-name".into(),
+                "localhost".into(),
+            ],
+            "amqps",
+        ),
+        (
+            vec![
+                "--broker".into(),
+                "amqps://localhost/%2f".into(),
+                "--broker-tls-server-name".into(),
+                "not a name!".into(),
+            ],
+            "--broker-tls-server-name",
         ),
     ];
     for (args, expected) in cases {

@@ -1,7 +1,8 @@
 //! The pooled AMQP connections: deadpool-lapin's manager for plain and
 //! default-TLS connections, and a deadpool manager of our own when the broker
-//! needs a CA file or a client certificate (deadpool-lapin's manager takes only
-//! a URL). Both pools hand out connections the same way.
+//! needs a CA file, a client certificate or a TLS server name other than the
+//! URL's host (deadpool-lapin's manager takes only a URL). Both pools hand out
+//! connections the same way.
 //!
 //! Broker credentials may come from files (a Kubernetes Secret mount): they are
 //! read at each new connection, so a rotated password is picked up without a
@@ -12,8 +13,9 @@ use std::time::Duration;
 
 use deadpool::managed::{self, Metrics as PoolMetrics, RecycleError, RecycleResult};
 use lapin::auth::AuthProvider;
-use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::tcp::{AMQPUriTcpExt, OwnedIdentity, OwnedTLSConfig, TLSConfig};
 use lapin::types::{LongString, ShortString};
+use lapin::uri::{AMQPScheme, AMQPUri};
 
 use super::errors::from_pool;
 use crate::broker::{BrokerError, BrokerErrorKind};
@@ -74,10 +76,11 @@ impl ConnectionRecipe {
     }
 }
 
-/// Connections with a CA file or a client certificate.
+/// Connections with a CA file, a client certificate or a TLS server name.
 pub(crate) struct TlsManager {
     recipe: ConnectionRecipe,
     tls: OwnedTLSConfig,
+    server_name: Option<String>,
 }
 
 impl managed::Manager for TlsManager {
@@ -85,11 +88,35 @@ impl managed::Manager for TlsManager {
     type Error = lapin::Error;
 
     async fn create(&self) -> Result<lapin::Connection, lapin::Error> {
-        lapin::Connection::connect_with_config(
-            &self.recipe.url,
-            self.recipe.properties(),
-            self.tls.clone(),
+        let Some(server_name) = self.server_name.clone() else {
+            return lapin::Connection::connect_with_config(
+                &self.recipe.url,
+                self.recipe.properties(),
+                self.tls.clone(),
+                async_rs::Runtime::tokio_current(),
+            )
+            .await;
+        };
+        // lapin takes the TLS name from the URL's host; to send another one, the
+        // TCP connection is made to the URL's host and TLS started with the name.
+        let uri: AMQPUri = self
+            .recipe
+            .url
+            .parse()
+            .map_err(|e: String| lapin::Error::from(std::io::Error::other(e)))?;
+        let tls = self.tls.clone();
+        lapin::Connection::connector(
+            uri,
             async_rs::Runtime::tokio_current(),
+            async move |uri: AMQPUri, runtime| {
+                let mut plain = uri.clone();
+                plain.scheme = AMQPScheme::AMQP;
+                let stream = plain
+                    .connect_with_config_async(TLSConfig::default(), &runtime)
+                    .await?;
+                Ok(stream.into_tls(&server_name, tls.as_ref()).await?)
+            },
+            self.recipe.properties(),
         )
         .await
     }
@@ -171,7 +198,7 @@ impl Connections {
             name,
             credentials,
         };
-        if tls.ca_file.is_none() && tls.cert_file.is_none() {
+        if tls.ca_file.is_none() && tls.cert_file.is_none() && tls.server_name.is_none() {
             let r = recipe.clone();
             let manager = deadpool_lapin::Manager::new(
                 recipe.url.clone(),
@@ -213,6 +240,7 @@ impl Connections {
                 identity,
                 cert_chain,
             },
+            server_name: tls.server_name.clone(),
         };
         managed::Pool::builder(manager)
             .max_size(size.max(1))
