@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::http1::{Conn, Endpoint};
 use crate::raw::AmqpPublishers;
 use crate::stats::{Counters, now_us};
-use crate::{Args, BoxError, Ctx, Publish, PublishPlan, PublishVia, publish_loop};
+use crate::{Args, BoxError, Ctx, HttpPublisher, PublishPlan, PublishVia, publish_loop};
 
 pub struct Gateway {
     client: reqwest::Client,
@@ -125,13 +125,14 @@ impl Gateway {
         if let Some(amqp) = &self.amqp {
             return amqp.spawn(ctx, plan);
         }
-        let p = GatewayPublisher {
+        let p = HttpPublisher {
             conn: Conn::new(self.api.clone(), ctx.gate.clone()),
             headers: format!(
                 "Authorization: Bearer {}\r\nContent-Type: application/json\r\n",
                 self.token
             ),
             path: format!("{}api/v1/events/", self.api.path),
+            with_event_key: false,
             ctx: ctx.clone(),
         };
         tokio::spawn(publish_loop(p, ctx.clone(), plan))
@@ -178,24 +179,6 @@ async fn create_subscription(
         }
         tokio::time::sleep(retry_after.unwrap_or(backoff).max(backoff)).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-struct GatewayPublisher {
-    conn: Conn,
-    headers: String,
-    path: String,
-    ctx: Arc<Ctx>,
-}
-
-impl Publish for GatewayPublisher {
-    async fn publish(&mut self, key_index: usize, n: u64) -> bool {
-        let target = format!("{}{}", self.path, self.ctx.event_key(key_index));
-        let body = self.ctx.body(n, key_index, false);
-        matches!(
-            self.conn.send("POST", &target, &self.headers, &body).await,
-            Ok(r) if (200..300).contains(&r.status)
-        )
     }
 }
 

@@ -240,6 +240,29 @@ pub trait Publish: Send + 'static {
     fn publish(&mut self, key_index: usize, n: u64) -> impl Future<Output = bool> + Send;
 }
 
+/// A publisher that POSTs each event to `{path}{event key}` on one keep-alive
+/// connection (the gateway's management API, nchan's publisher location).
+pub struct HttpPublisher {
+    pub conn: http1::Conn,
+    /// Extra header lines, each ending in "\r\n".
+    pub headers: String,
+    pub path: String,
+    /// Whether the body carries `"event_key"` (the gateway adds it itself).
+    pub with_event_key: bool,
+    pub ctx: Arc<Ctx>,
+}
+
+impl Publish for HttpPublisher {
+    async fn publish(&mut self, key_index: usize, n: u64) -> bool {
+        let target = format!("{}{}", self.path, self.ctx.event_key(key_index));
+        let body = self.ctx.body(n, key_index, self.with_event_key);
+        matches!(
+            self.conn.send("POST", &target, &self.headers, &body).await,
+            Ok(r) if (200..300).contains(&r.status)
+        )
+    }
+}
+
 pub struct PublishPlan {
     pub next: Arc<AtomicU64>,
     pub keys: usize,

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::http1::{Conn, Endpoint};
 use crate::stats::{self, Counters, now_us};
-use crate::{Args, BoxError, Ctx, Publish, PublishPlan, publish_loop};
+use crate::{Args, BoxError, Ctx, HttpPublisher, PublishPlan, publish_loop};
 
 /// A private nginx with the nchan module.
 struct Nginx {
@@ -316,9 +316,11 @@ impl Nchan {
     }
 
     pub fn spawn_publisher(&self, ctx: &Arc<Ctx>, plan: PublishPlan) -> JoinHandle<()> {
-        let p = NchanPublisher {
+        let p = HttpPublisher {
             conn: Conn::new(self.ep.clone(), ctx.gate.clone()),
+            headers: "Content-Type: application/json\r\nAccept: text/json\r\n".into(),
             path: format!("{}pub?id=", self.ep.path),
+            with_event_key: true,
             ctx: ctx.clone(),
         };
         tokio::spawn(publish_loop(p, ctx.clone(), plan))
@@ -328,25 +330,6 @@ impl Nchan {
         if let Some(mut n) = self.nginx {
             n.stop().await;
         }
-    }
-}
-
-struct NchanPublisher {
-    conn: Conn,
-    path: String,
-    ctx: Arc<Ctx>,
-}
-
-impl Publish for NchanPublisher {
-    async fn publish(&mut self, key_index: usize, n: u64) -> bool {
-        let target = format!("{}{}", self.path, self.ctx.event_key(key_index));
-        let body = self.ctx.body(n, key_index, true);
-        matches!(
-            self.conn
-                .send("POST", &target, "Content-Type: application/json\r\nAccept: text/json\r\n", &body)
-                .await,
-            Ok(r) if (200..300).contains(&r.status)
-        )
     }
 }
 
