@@ -59,3 +59,22 @@ def test_kubernetes_doc_quick_start_values_render(render):
     assert rendered.deployment["spec"]["replicas"] == 2
     assert rendered.config["LONGPOLL_PUBLIC_URL"] == "http://localhost/longpoll/"
     assert not rendered.has("Secret")
+
+
+def test_kubernetes_doc_broker_tls_values_render_and_name_real_settings(render):
+    """The amqps example (files from a mounted Secret) renders, mounts the Secret and sets
+    only variables the binary reads."""
+    match = re.search(r"```yaml\n(  volumes:\n.*?)  ```\n", KUBERNETES_DOC.read_text(), re.S)
+    assert match, "the amqps example in docs/kubernetes.md is gone"
+    values = yaml.safe_load(match.group(1))
+    rendered = render(values)
+    mounts = {m["mountPath"] for m in rendered.container["volumeMounts"]}
+    assert "/etc/longpoll/broker" in mounts
+    assert any(v.get("secret", {}).get("secretName") == "rabbitmq-client-tls" for v in rendered.pod["volumes"])
+    env = {e["name"]: e.get("value") for e in rendered.container["env"]}
+    config_rs = (ROOT / "src" / "config.rs").read_text()
+    for entry in values["extraEnv"]:
+        assert env[entry["name"]] == entry["value"]
+        assert f'env = "{entry["name"]}"' in config_rs, f"{entry['name']} is not a setting of the binary"
+        if entry["name"].endswith("_FILE"):
+            assert entry["value"].startswith("/etc/longpoll/broker/")
