@@ -176,8 +176,9 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
 /// `longpoll-gateway serve`: runs until SIGTERM/SIGINT, then stops gracefully.
 pub async fn serve(settings: Settings) -> Result<(), StartError> {
     let drain = settings.drain_timeout;
+    let terminated = shutdown::terminate_signal();
     let gateway = start(settings).await?;
-    shutdown::terminate_signal().await;
+    terminated.await;
     gateway.begin_shutdown();
     // The stop is bounded: the drain window plus a little for the broker.
     if tokio::time::timeout(drain + Duration::from_secs(5), gateway.stopped())

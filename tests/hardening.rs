@@ -45,7 +45,8 @@ async fn slow_header_connection(addr: SocketAddr, dribble: Duration) -> Option<D
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_slow_header_connections_are_closed_on_time_and_polls_go_on() {
     let gw = TestGateway::start_with(Backend::Memory, |s| {
-        s.limits.header_read_timeout = Duration::from_secs(2);
+        // Long enough for all 2,000 to be open at once on a busy machine.
+        s.limits.header_read_timeout = Duration::from_secs(8);
     })
     .await;
     let addr = gw.public_addr();
@@ -75,7 +76,7 @@ async fn two_thousand_slow_header_connections_are_closed_on_time_and_polls_go_on
     for handle in slow {
         let closed_after = handle.await.unwrap().expect("closed by the server");
         assert!(
-            closed_after >= Duration::from_millis(1900) && closed_after < Duration::from_secs(15),
+            closed_after >= Duration::from_millis(7900) && closed_after < Duration::from_secs(25),
             "closed after {closed_after:?}"
         );
     }
