@@ -88,7 +88,9 @@ async fn p4_a_newer_poll_supersedes_the_held_one_with_409(backend: Backend) {
     let event = unique("longpoll.event.p4");
     let key = gw.subscribe(&[&event]).await;
     let older = spawn_poll(&gw, &key, 1);
-    gw.wait_metric("longpoll_polls_held", 1.0).await;
+    // Registered in the sequence layer, not only arrived: on a busy machine the
+    // newer poll could otherwise overtake it and be the one superseded.
+    gw.wait_poll_at_broker(&key).await;
     let newer = spawn_poll(&gw, &key, 1);
     let r = tokio::time::timeout(Duration::from_secs(5), older)
         .await

@@ -211,6 +211,25 @@ impl TestGateway {
         }
     }
 
+    /// Waits until a poll on `queue` waits at the broker (a consumer on
+    /// RabbitMQ, a waiting poll on the embedded broker): past the sequence
+    /// layer, unlike `longpoll_polls_held`, which counts a poll from the moment
+    /// it arrives.
+    pub async fn wait_poll_at_broker(&self, queue: &str) {
+        eventually(
+            Duration::from_secs(20),
+            "a poll waiting at the broker",
+            || async {
+                self.running()
+                    .broker
+                    .queue_stats(queue)
+                    .await
+                    .is_ok_and(|s| s.consumers >= 1)
+            },
+        )
+        .await;
+    }
+
     /// Begins the graceful stop and waits for it.
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
