@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::http1::{Conn, Endpoint};
 use crate::raw::AmqpPublishers;
 use crate::stats::{Counters, now_us};
-use crate::{Args, BoxError, Ctx, HttpPublisher, PublishPlan, PublishVia, publish_loop};
+use crate::{Args, Backoff, BoxError, Ctx, HttpPublisher, PublishPlan, PublishVia, publish_loop};
 
 pub struct Gateway {
     client: reqwest::Client,
@@ -153,7 +153,7 @@ async fn create_subscription(
     token: &str,
     event_key: &str,
 ) -> Result<Value, BoxError> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -177,8 +177,7 @@ async fn create_subscription(
         if attempts >= 30 {
             return Err(format!("POST {url}: still 503 after {attempts} attempts").into());
         }
-        tokio::time::sleep(retry_after.unwrap_or(backoff).max(backoff)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff.wait(retry_after).await;
     }
 }
 
@@ -188,7 +187,7 @@ async fn subscriber(mut conn: Conn, key: String, ctx: Arc<Ctx>) {
     let mut sequence: u64 = 1;
     let mut seen: HashSet<String> = HashSet::new();
     let mut seen_order: VecDeque<String> = VecDeque::new();
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let path = conn.endpoint().path.clone();
     while !ctx.stopped() {
         // Proof of receipt: the last ids shown, so that an answer lost in flight
@@ -202,15 +201,14 @@ async fn subscriber(mut conn: Conn, key: String, ctx: Arc<Ctx>) {
             Ok(r) => r,
             Err(_) => {
                 Counters::inc(&c.network_errors);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait(None).await;
                 continue;
             }
         };
         match response.status {
             200 | 400 => {
                 let received = now_us();
-                backoff = Duration::from_millis(50);
+                backoff.reset();
                 sequence += 1;
                 let id = response
                     .header("x-longpoll-message-id")
@@ -246,18 +244,15 @@ async fn subscriber(mut conn: Conn, key: String, ctx: Arc<Ctx>) {
             }
             503 => {
                 Counters::inc(&c.unavailable_503);
-                let wait = response
+                let retry_after = response
                     .header("retry-after")
                     .and_then(|s| s.parse::<u64>().ok())
-                    .map(Duration::from_secs)
-                    .unwrap_or(backoff);
-                tokio::time::sleep(wait.max(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                    .map(Duration::from_secs);
+                backoff.wait(retry_after).await;
             }
             _ => {
                 Counters::inc(&c.other_errors);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait(None).await;
             }
         }
     }

@@ -235,6 +235,35 @@ impl Ctx {
     }
 }
 
+/// A client's retry delay: doubles after each wait up to a cap, back to the
+/// start after a success.
+pub struct Backoff {
+    start: Duration,
+    cap: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(start: Duration, cap: Duration) -> Self {
+        Backoff {
+            start,
+            cap,
+            next: start,
+        }
+    }
+
+    /// Sleeps the current delay, or `at_least` when the server asked for longer
+    /// (`Retry-After`), then doubles the delay.
+    pub async fn wait(&mut self, at_least: Option<Duration>) {
+        tokio::time::sleep(at_least.unwrap_or_default().max(self.next)).await;
+        self.next = (self.next * 2).min(self.cap);
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.start;
+    }
+}
+
 /// One publisher: publishes event `n` to subscriber `key_index`'s key/channel/queue.
 pub trait Publish: Send + 'static {
     fn publish(&mut self, key_index: usize, n: u64) -> impl Future<Output = bool> + Send;

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::http1::{Conn, Endpoint};
 use crate::stats::{self, Counters, now_us};
-use crate::{Args, BoxError, Ctx, HttpPublisher, PublishPlan, publish_loop};
+use crate::{Args, Backoff, BoxError, Ctx, HttpPublisher, PublishPlan, publish_loop};
 
 /// A private nginx with the nchan module.
 struct Nginx {
@@ -337,21 +337,20 @@ impl Nchan {
 async fn subscriber(mut conn: Conn, target: String, ctx: Arc<Ctx>) {
     let c = &ctx.counters;
     let mut cursor = String::new(); // the If-Modified-Since / If-None-Match lines
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     while !ctx.stopped() {
         let response = match conn.send("GET", &target, &cursor, b"").await {
             Ok(r) => r,
             Err(_) => {
                 Counters::inc(&c.network_errors);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait(None).await;
                 continue;
             }
         };
         match response.status {
             200 => {
                 let received = now_us();
-                backoff = Duration::from_millis(50);
+                backoff.reset();
                 if let (Some(lm), Some(etag)) =
                     (response.header("last-modified"), response.header("etag"))
                 {
@@ -372,13 +371,11 @@ async fn subscriber(mut conn: Conn, target: String, ctx: Arc<Ctx>) {
             }
             503 => {
                 Counters::inc(&c.unavailable_503);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait(None).await;
             }
             _ => {
                 Counters::inc(&c.other_errors);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait(None).await;
             }
         }
     }
