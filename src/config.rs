@@ -704,14 +704,21 @@ impl ServeArgs {
                 "a client certificate needs both --broker-cert-file and --broker-key-file",
             ));
         }
-        let tls_files = broker_tls.ca_file.is_some()
-            || broker_tls.cert_file.is_some()
-            || broker_tls.server_name.is_some();
+        // The first TLS setting given names the error.
+        let tls_setting = [
+            ("broker-ca-file", broker_tls.ca_file.is_some()),
+            ("broker-cert-file", broker_tls.cert_file.is_some()),
+            ("broker-tls-server-name", broker_tls.server_name.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, set)| set.then_some(name));
         let amqps = matches!(&broker, BrokerUrl::Amqp(u) if u.expose().starts_with("amqps:"));
-        if tls_files && !amqps {
+        if let Some(name) = tls_setting
+            && !amqps
+        {
             return Err(ConfigError::invalid(
-                "broker-ca-file",
-                "TLS files and a TLS server name need an amqps:// --broker",
+                name,
+                "TLS settings need an amqps:// --broker",
             ));
         }
 

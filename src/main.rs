@@ -8,8 +8,8 @@ use longpoll_gateway::config::{Cli, Command};
 use longpoll_gateway::{cli, gateway, telemetry};
 
 // Every poll allocates and frees many small objects across threads: glibc's
-// allocator took a quarter of the CPU under load. jemalloc gave +27% deliveries/s
-// and a third of the p99 at 5,000/s, for ~4 KB more per held poll; mimalloc was
+// allocator took a quarter of the CPU under load. jemalloc gave +33% deliveries/s
+// and -72% p99 at 5,000/s, for ~4 KB (+17%) more per held poll; mimalloc was
 // faster still but cost ~14 KB more per held poll (benches/README.md).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

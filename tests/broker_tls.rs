@@ -293,7 +293,7 @@ async fn tls_settings_that_cannot_work_are_refused_with_one_line() {
                 "--broker-tls-server-name".into(),
                 "localhost".into(),
             ],
-            "amqps",
+            "--broker-tls-server-name (or LONGPOLL_BROKER_TLS_SERVER_NAME): TLS settings need an amqps://",
         ),
         (
             vec![
