@@ -11,12 +11,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use deadpool::managed::{self, Metrics as PoolMetrics, RecycleError, RecycleResult};
 use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
 
-use super::connections::{Connections, POOL_WAIT};
+use super::connections::{Connections, pool_settings};
 use super::errors::from_lapin_on;
 use crate::broker::{BrokerError, BrokerErrorKind};
 use crate::telemetry::Metrics;
@@ -26,16 +26,12 @@ pub(crate) fn op_channel_pool(
     connections: &Connections,
     size: usize,
 ) -> Result<OpChannelPool, BrokerError> {
-    OpChannelPool::builder(OpChannelManager {
+    let manager = OpChannelManager {
         connections: connections.clone(),
-    })
-    .max_size(size.max(1))
-    .wait_timeout(Some(POOL_WAIT))
-    .create_timeout(Some(POOL_WAIT))
-    .recycle_timeout(Some(Duration::from_secs(2)))
-    .runtime(deadpool::Runtime::Tokio1)
-    .build()
-    .map_err(|e| BrokerError::new(BrokerErrorKind::Internal, e.to_string()))
+    };
+    pool_settings(OpChannelPool::builder(manager), size)
+        .build()
+        .map_err(|e| BrokerError::new(BrokerErrorKind::Internal, e.to_string()))
 }
 
 /// Opens a channel on one of `connections`. Opening cannot legitimately fail

@@ -22,7 +22,21 @@ use crate::broker::{BrokerError, BrokerErrorKind};
 use crate::config::{BrokerTls, SecretUrl};
 
 /// How long a caller waits for a pooled connection, or for one to open.
-pub(crate) const POOL_WAIT: Duration = Duration::from_secs(5);
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// The settings every pool of ours shares (connections and operation
+/// channels): `size` objects at most, bounded waits, tokio's timers.
+pub(crate) fn pool_settings<M: managed::Manager>(
+    builder: managed::PoolBuilder<M>,
+    size: usize,
+) -> managed::PoolBuilder<M> {
+    builder
+        .max_size(size.max(1))
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(POOL_WAIT))
+        .recycle_timeout(Some(Duration::from_secs(2)))
+        .runtime(deadpool::Runtime::Tokio1)
+}
 
 /// SASL PLAIN with the username and/or password read from files at each
 /// connection (what is not in a file comes from the URL).
@@ -205,12 +219,7 @@ impl Connections {
                 move || r.properties(),
                 async_rs::Runtime::tokio_current(),
             );
-            return deadpool_lapin::Pool::builder(manager)
-                .max_size(size.max(1))
-                .wait_timeout(Some(POOL_WAIT))
-                .create_timeout(Some(POOL_WAIT))
-                .recycle_timeout(Some(Duration::from_secs(2)))
-                .runtime(deadpool_lapin::Runtime::Tokio1)
+            return pool_settings(deadpool_lapin::Pool::builder(manager), size)
                 .build()
                 .map(Connections::Lapin)
                 .map_err(|e| build_err(&e));
@@ -242,12 +251,7 @@ impl Connections {
             },
             server_name: tls.server_name.clone(),
         };
-        managed::Pool::builder(manager)
-            .max_size(size.max(1))
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(POOL_WAIT))
-            .recycle_timeout(Some(Duration::from_secs(2)))
-            .runtime(deadpool::Runtime::Tokio1)
+        pool_settings(managed::Pool::builder(manager), size)
             .build()
             .map(Connections::Tls)
             .map_err(|e| build_err(&e))
