@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod assets;
+pub mod head;
 pub mod rescue;
 pub mod router;
 pub mod server;

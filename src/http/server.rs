@@ -18,14 +18,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
+use tower::util::Oneshot;
 
+use super::head::detach_head;
 use crate::config::{ConnectionLimits, Settings};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
@@ -66,6 +67,57 @@ impl Default for ServerOptions {
     }
 }
 
+/// The router as hyper calls it. The head is detached from hyper's buffer in
+/// `call`, while hyper waits, not when the router's future is first polled:
+/// by then hyper has read on (see [`super::head`]).
+#[derive(Clone)]
+struct HeadDetachingService(Router);
+
+impl hyper::service::Service<http::Request<Incoming>> for HeadDetachingService {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = Oneshot<Router, http::Request<Body>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        self.0.clone().oneshot(detach_head(req).map(Body::new))
+    }
+}
+
+/// What a connection speaks, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge: the connection starts with the preface.
+    Http2,
+}
+
+/// The client preface of HTTP/2 with prior knowledge (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tells the protocol from the first bytes without consuming them (`MSG_PEEK`).
+///
+/// hyper-util's `auto` builder reads them instead and hands them back first:
+/// hyper's first read then returns those 24 bytes alone, and its read buffer
+/// grows from 8 KB to 16 KB for the rest of the head — for the life of every
+/// connection. Peeking leaves the whole head to hyper's first read.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 || first[..n] != H2_PREFACE[..n] {
+            // Not the preface (or EOF, which hyper then sees): HTTP/1.
+            return Ok(Protocol::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Protocol::Http2);
+        }
+        // Part of the preface so far. A peek returns at once while any bytes
+        // are waiting, so wait a little before looking again; the caller's
+        // header read timeout bounds this.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` begins draining, then stops
 /// accepting and waits up to the drain timeout for open connections.
 pub async fn serve(
@@ -75,26 +127,24 @@ pub async fn serve(
     options: ServerOptions,
 ) {
     let limits = options.limits;
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(100)
         .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.http2_max_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         // Pings find dead peers that a held stream would otherwise wait on.
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
+    let builders = Arc::new((http1, http2));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let service = router
-        .map_request(|req: http::Request<Incoming>| req.map(Body::new))
-        .map_err(|e: Infallible| match e {});
+    let service = HeadDetachingService(router);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -119,15 +169,22 @@ pub async fn serve(
         };
         let open = options.metrics.clone().map(OpenConnection::new);
         let _ = stream.set_nodelay(true);
-        let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(service.clone()),
-            )
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builders, watcher, service) = (builders.clone(), graceful.watcher(), service.clone());
+        let header_read_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // A connection that sends nothing is closed like one that sends
+            // half a head: at the header read timeout.
+            let protocol = match tokio::time::timeout(header_read_timeout, sniff(&stream)).await {
+                Ok(Ok(protocol)) => protocol,
+                Ok(Err(_)) | Err(_) => return drop((slot, open)),
+            };
+            let (http1, http2) = &*builders;
+            let io = TokioIo::new(stream);
+            let result = match protocol {
+                Protocol::Http1 => watcher.watch(http1.serve_connection(io, service)).await,
+                Protocol::Http2 => watcher.watch(http2.serve_connection(io, service)).await,
+            };
+            if let Err(e) = result {
                 tracing::trace!(error = %e, "connection ended with an error");
             }
             drop((slot, open));
