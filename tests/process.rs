@@ -201,6 +201,24 @@ async fn sigterm_answers_held_polls_503_requeues_unacked_messages_and_exits_0() 
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_does_not_hold_up_shutdown() {
+    // The header read timeout (10 s by default) is longer than this test waits.
+    let mut gw = GatewayProcess::start(&[], &[]).await;
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The gateway has the connection once an answer on another one proves the
+    // listener is past its accept.
+    let r = client().get(format!("{}/", gw.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    gw.sigterm();
+    let exit = gw.wait(Duration::from_secs(5)).await;
+    assert_eq!(exit.code(), Some(0));
+    let mut buf = [0u8; 8];
+    let read = tokio::io::AsyncReadExt::read(&mut silent, &mut buf).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "closed: {read:?}");
+}
+
+#[tokio::test]
 async fn sigint_stops_the_gateway_with_exit_0() {
     let mut gw = GatewayProcess::start(&[], &[]).await;
     let status = std::process::Command::new("kill")

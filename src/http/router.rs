@@ -25,6 +25,7 @@ use std::convert::Infallible;
 use axum::Router;
 use axum::body::Body;
 use axum::response::Response;
+use futures_util::FutureExt;
 use http::Request;
 use http::header::{HeaderName, HeaderValue};
 use tower::ServiceBuilder;
@@ -88,8 +89,7 @@ pub fn poll_stack(state: &AppState) -> PollService {
         shutdown: state.shutdown.clone(),
     };
     let handler = tower::service_fn(move |req: Request<Body>| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle_poll(ctx, req).await) }
+        handle_poll(ctx.clone(), req).map(Ok::<_, Infallible>)
     });
     let stack = ServiceBuilder::new()
         .option_layer(cors_layer(&settings.cors_origins))

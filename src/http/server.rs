@@ -171,10 +171,16 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (builders, watcher, service) = (builders.clone(), graceful.watcher(), service.clone());
         let header_read_timeout = limits.header_read_timeout;
+        let draining = shutdown.clone();
         tokio::spawn(async move {
             // A connection that sends nothing is closed like one that sends
-            // half a head: at the header read timeout.
-            let protocol = match tokio::time::timeout(header_read_timeout, sniff(&stream)).await {
+            // half a head: at the header read timeout; and at once when draining
+            // begins, since hyper's graceful shutdown cannot reach it yet.
+            let sniffed = tokio::select! {
+                sniffed = tokio::time::timeout(header_read_timeout, sniff(&stream)) => sniffed,
+                _ = draining.draining() => return drop((slot, open)),
+            };
+            let protocol = match sniffed {
                 Ok(Ok(protocol)) => protocol,
                 Ok(Err(_)) | Err(_) => return drop((slot, open)),
             };

@@ -51,28 +51,34 @@ pub struct PollContext {
 }
 
 /// Handles one poll request.
-pub async fn handle_poll(ctx: PollContext, req: Request<Body>) -> Response {
+///
+/// Everything that needs the request is done before the wait, and the wait
+/// does not hold it: a held poll keeps neither its request nor its head.
+pub fn handle_poll(
+    ctx: PollContext,
+    req: Request<Body>,
+) -> impl Future<Output = Response> + Send + 'static {
+    use futures_util::future::Either;
+    let ready = |outcome: PollOutcome| Either::Left(std::future::ready(outcome.into_response()));
     let request = match parse_query(req.uri().query()) {
         Ok(PollQuery::Probe) => {
-            return PollOutcome::Probe {
+            return ready(PollOutcome::Probe {
                 prefix: ctx.rules.prefix().to_owned(),
-            }
-            .into_response();
+            });
         }
-        Err(rejection) => return PollOutcome::Rejected(rejection).into_response(),
+        Err(rejection) => return ready(PollOutcome::Rejected(rejection)),
         Ok(PollQuery::Poll(request)) => request,
     };
     if !ctx.rules.accepts(&request.uuid) {
-        return PollOutcome::NotFound.into_response();
+        return ready(PollOutcome::NotFound);
     }
     if let Some(t) = req.extensions().get::<PollTrace>() {
         t.poll(&request.uuid, request.sequence);
     }
     if ctx.shutdown.is_draining() {
-        return PollOutcome::Unavailable {
+        return ready(PollOutcome::Unavailable {
             retry_after_secs: 0,
-        }
-        .into_response();
+        });
     }
     let known = req
         .extensions()
@@ -80,20 +86,22 @@ pub async fn handle_poll(ctx: PollContext, req: Request<Body>) -> Response {
         .cloned()
         .unwrap_or_default();
     let trace = req.extensions().get::<PollTrace>().cloned();
+    drop(req);
     let span = tracing::debug_span!(
         "poll.wait",
         key_hash = %key_hash(&request.uuid),
         sequence = request.sequence
     );
-    let outcome = async {
-        tokio::select! {
-            outcome = wait_for_message(&ctx, &request, known, trace.as_ref()) => outcome,
-            _ = ctx.shutdown.draining() => PollOutcome::Unavailable { retry_after_secs: 0 },
+    Either::Right(
+        async move {
+            let outcome = tokio::select! {
+                outcome = wait_for_message(&ctx, &request, known, trace.as_ref()) => outcome,
+                _ = ctx.shutdown.draining() => PollOutcome::Unavailable { retry_after_secs: 0 },
+            };
+            outcome.into_response()
         }
-    }
-    .instrument(span)
-    .await;
-    outcome.into_response()
+        .instrument(span),
+    )
 }
 
 /// What the body says about how to treat the message.

@@ -88,15 +88,16 @@ fn parse_seen(list: &str) -> Vec<String> {
 /// The rule that keeps browsers to their own queues: the name must carry the
 /// queue prefix, be at most 255 bytes and printable ASCII. Anything else is
 /// answered 404 without asking the broker.
+/// Cloned into several layers for every request, hence the shared prefix.
 #[derive(Debug, Clone)]
 pub struct QueueRules {
-    prefix: String,
+    prefix: std::sync::Arc<str>,
 }
 
 impl QueueRules {
     pub fn new(prefix: impl Into<String>) -> Self {
         QueueRules {
-            prefix: prefix.into(),
+            prefix: prefix.into().into(),
         }
     }
 
@@ -108,7 +109,7 @@ impl QueueRules {
     pub fn accepts(&self, queue: &str) -> bool {
         queue.len() <= 255
             && queue.len() > self.prefix.len()
-            && queue.starts_with(&self.prefix)
+            && queue.starts_with(&*self.prefix)
             && crate::config::is_printable_ascii(queue)
     }
 }
