@@ -9,7 +9,10 @@
 //!   also the idle keep-alive limit;
 //! - the read buffer cap bounds the request head (hyper answers 431 beyond);
 //! - a semaphore caps open connections: beyond it a new connection is closed
-//!   at once (the client retries) rather than left in the kernel's backlog.
+//!   at once (the client retries) rather than left in the kernel's backlog;
+//! - HTTP/1 or HTTP/2 is told by peeking at the first bytes, not by reading
+//!   them, which keeps hyper's read buffer at 8 KB (see `sniff`), and the
+//!   request head is detached from that buffer as hyper hands it over.
 
 use std::convert::Infallible;
 use std::sync::Arc;

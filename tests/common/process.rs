@@ -91,10 +91,13 @@ impl GatewayProcess {
     }
 
     pub async fn wait(&mut self, limit: Duration) -> ExitStatus {
-        tokio::time::timeout(limit, self.child.wait())
-            .await
-            .expect("gateway exited in time")
-            .expect("wait")
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.expect("wait"),
+            Err(_) => panic!(
+                "the gateway did not exit within {limit:?}; its log:\n{}",
+                self.logs()
+            ),
+        }
     }
 
     pub fn logs(&self) -> String {

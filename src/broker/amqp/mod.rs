@@ -100,6 +100,9 @@ struct Inner {
     stop: CancellationToken,
 }
 
+/// How long each step of closing the broker may wait for RabbitMQ's replies.
+const CLOSE_STEP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The RabbitMQ broker. Cheap to clone.
 #[derive(Clone)]
 pub struct AmqpBroker {
@@ -701,10 +704,22 @@ impl Broker for AmqpBroker {
 
     async fn close(&self) {
         self.inner.stop.cancel();
-        for entry in self.inner.consumers.take_all() {
-            entry.retire().await;
+        // Cancelling consumers and closing channels wait on the broker's replies.
+        // A reply that never comes (a broker under load, lapin losing one) must
+        // not hold the process up: closing the connections below makes the
+        // broker requeue whatever is still unacked anyway.
+        let orderly = async {
+            for entry in self.inner.consumers.take_all() {
+                entry.retire().await;
+            }
+            self.inner.consumer_channels.close_all().await;
+        };
+        if tokio::time::timeout(CLOSE_STEP_TIMEOUT, orderly)
+            .await
+            .is_err()
+        {
+            tracing::warn!("consumers and channels did not close in time; closing the connections");
         }
-        self.inner.consumer_channels.close_all().await;
         self.inner.ops.close();
         self.inner.probe_ops.close();
         self.inner.probe_connections.close();
@@ -714,7 +729,11 @@ impl Broker for AmqpBroker {
                 Ok(Ok(conn)) => {
                     let conn = conn.detach();
                     if conn.status().connected() {
-                        let _ = conn.close(200, "shutdown".into()).await;
+                        let _ = tokio::time::timeout(
+                            CLOSE_STEP_TIMEOUT,
+                            conn.close(200, "shutdown".into()),
+                        )
+                        .await;
                     }
                 }
                 _ => break,
