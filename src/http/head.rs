@@ -1,4 +1,6 @@
-//! Owns one thing: moving a request head out of hyper's connection buffer.
+//! Owns the request head as hyper hands it over: its size limits (414, 431),
+//! checked before anything routes it, and moving it out of hyper's connection
+//! buffer.
 //!
 //! hyper parses a request head into slices of its per-connection read buffer
 //! (8 KB): the URI and every header value point into it. A long-poll keeps its
@@ -13,7 +15,27 @@
 //! order, same sensitivity flags.
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Request, Uri};
+use http::{HeaderValue, Request, StatusCode, Uri};
+
+use crate::config::ConnectionLimits;
+
+/// The answer for a head over the limits: 414 for a URI over
+/// `--max-uri-bytes`, 431 for a head over `--max-header-bytes`. hyper's
+/// read-buffer cap bounds a head only loosely (a reused connection's buffer may
+/// already be larger), so the limits are checked here exactly.
+pub fn over_limits<B>(req: &Request<B>, limits: &ConnectionLimits) -> Option<StatusCode> {
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_len > limits.max_uri_bytes {
+        return Some(StatusCode::URI_TOO_LONG);
+    }
+    let head_len: usize = uri_len
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    (head_len > limits.max_header_bytes).then_some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+}
 
 /// The request with its URI and header values copied into one allocation.
 pub fn detach_head<B>(req: Request<B>) -> Request<B> {
@@ -115,6 +137,30 @@ mod tests {
         };
         assert_eq!(pairs(&after), pairs(&before));
         assert!(after.headers()["cookie"].is_sensitive());
+    }
+
+    #[test]
+    fn a_long_uri_is_414_and_a_large_head_431() {
+        let limits = ConnectionLimits {
+            max_uri_bytes: 32,
+            max_header_bytes: 64,
+            ..crate::config::Settings::default().limits
+        };
+        let get = |uri: &str| Request::get(uri).body(()).expect("request");
+        assert_eq!(over_limits(&get("/?uuid=k&sequence=1"), &limits), None);
+        assert_eq!(
+            over_limits(&get(&format!("/?uuid={}", "k".repeat(40))), &limits),
+            Some(StatusCode::URI_TOO_LONG)
+        );
+        let mut big = get("/?uuid=k&sequence=1");
+        big.headers_mut().insert(
+            "x-padding",
+            HeaderValue::from_static("pppppppppppppppppppppppppppppppppppppppp"),
+        );
+        assert_eq!(
+            over_limits(&big, &limits),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The one place where routes and layers are put together.
 //!
-//! Public listener, outermost first:
+//! Public listener, outermost first (before it, as hyper hands a request over,
+//! `http::server` answers a URI over --max-uri-bytes 414 and a head over
+//! --max-header-bytes 431: see `http::head`):
 //!
 //! ```text
 //! request id (x-request-id: set if absent, echoed back)
@@ -40,7 +42,6 @@ use tracing::Level;
 
 use super::AppState;
 use super::rescue::PollRescueLayer;
-use crate::config::ConnectionLimits;
 use crate::longpoll::{PollContext, QueueRules, SequenceDedupLayer, handle_poll};
 use crate::telemetry::key_hash;
 use crate::telemetry::traces;
@@ -53,18 +54,12 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The public router.
 pub fn app(state: &AppState) -> Router {
-    let limits = state.settings.limits;
     Router::new()
         .merge(crate::api::routes(state.api.clone()))
         .merge(super::assets::routes())
         .fallback_service(poll_stack(state))
         .layer(
             ServiceBuilder::new()
-                // Before anything reads the request: over --max-uri-bytes is
-                // 414, a head over --max-header-bytes is 431.
-                .layer(axum::middleware::from_fn(move |req, next| {
-                    enforce_request_limits(limits, req, next)
-                }))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(
@@ -103,42 +98,6 @@ pub fn poll_stack(state: &AppState) -> PollService {
         .layer(SequenceDedupLayer::new(state.store.clone(), rules))
         .service(handler);
     BoxCloneSyncService::new(stack)
-}
-
-/// hyper's read-buffer cap bounds a request head only loosely (a reused
-/// connection's buffer may already be larger), so the limits are checked here
-/// exactly.
-async fn enforce_request_limits(
-    limits: ConnectionLimits,
-    req: Request<Body>,
-    next: axum::middleware::Next,
-) -> Response {
-    use axum::response::IntoResponse;
-    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    let refuse = |status, text| {
-        (
-            status,
-            [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            text,
-        )
-            .into_response()
-    };
-    if uri_len > limits.max_uri_bytes {
-        return refuse(http::StatusCode::URI_TOO_LONG, "URI too long");
-    }
-    let head_len: usize = uri_len
-        + req
-            .headers()
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum::<usize>();
-    if head_len > limits.max_header_bytes {
-        return refuse(
-            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "Request header fields too large",
-        );
-    }
-    next.run(req).await
 }
 
 /// CORS for pages on other origins that poll (none configured: no CORS headers).

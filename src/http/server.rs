@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,7 +30,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 
-use super::head::detach_head;
+use super::head::{detach_head, over_limits};
 use crate::config::{ConnectionLimits, Settings};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
@@ -70,20 +71,44 @@ impl Default for ServerOptions {
     }
 }
 
-/// The router as hyper calls it. The head is detached from hyper's buffer in
-/// `call`, while hyper waits, not when the router's future is first polled:
-/// by then hyper has read on (see [`super::head`]).
+/// The router as hyper calls it. In `call`, while hyper waits, and before
+/// anything routes the request: a head over the limits is answered 414/431,
+/// and the head is detached from hyper's buffer — not when the router's future
+/// is first polled: by then hyper has read on (see [`super::head`]).
 #[derive(Clone)]
-struct HeadDetachingService(Router);
+struct HeadDetachingService {
+    router: Router,
+    limits: ConnectionLimits,
+}
 
 impl hyper::service::Service<http::Request<Incoming>> for HeadDetachingService {
     type Response = axum::response::Response;
     type Error = Infallible;
-    type Future = Oneshot<Router, http::Request<Body>>;
+    type Future = Either<
+        std::future::Ready<Result<axum::response::Response, Infallible>>,
+        Oneshot<Router, http::Request<Body>>,
+    >;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
-        self.0.clone().oneshot(detach_head(req).map(Body::new))
+        if let Some(status) = over_limits(&req, &self.limits) {
+            return Either::Left(std::future::ready(Ok(refusal(status))));
+        }
+        Either::Right(self.router.clone().oneshot(detach_head(req).map(Body::new)))
     }
+}
+
+/// A 414 or 431 answer.
+fn refusal(status: http::StatusCode) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let text = status
+        .canonical_reason()
+        .unwrap_or("Request head too large");
+    (
+        status,
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 /// What a connection speaks, from its first bytes.
@@ -147,7 +172,7 @@ pub async fn serve(
     let builders = Arc::new((http1, http2));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let service = HeadDetachingService(router);
+    let service = HeadDetachingService { router, limits };
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
