@@ -97,12 +97,14 @@ impl hyper::service::Service<http::Request<Incoming>> for HeadDetachingService {
     }
 }
 
-/// A 414 or 431 answer.
+/// A 414 or 431 answer, worded as it was when a middleware gave it.
 fn refusal(status: http::StatusCode) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let text = status
-        .canonical_reason()
-        .unwrap_or("Request head too large");
+    let text = if status == http::StatusCode::URI_TOO_LONG {
+        "URI too long"
+    } else {
+        "Request header fields too large"
+    };
     (
         status,
         [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],

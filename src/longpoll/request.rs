@@ -88,6 +88,7 @@ fn parse_seen(list: &str) -> Vec<String> {
 /// The rule that keeps browsers to their own queues: the name must carry the
 /// queue prefix, be at most 255 bytes and printable ASCII. Anything else is
 /// answered 404 without asking the broker.
+///
 /// Cloned into several layers for every request, hence the shared prefix.
 #[derive(Debug, Clone)]
 pub struct QueueRules {
