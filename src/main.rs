@@ -11,6 +11,7 @@ use longpoll_gateway::{cli, gateway, telemetry};
 // allocator took a quarter of the CPU under load. jemalloc gave +33% deliveries/s
 // and -72% p99 at 5,000/s, for ~4 KB (+17%) more per held poll; mimalloc was
 // faster still but cost ~14 KB more per held poll (benches/README.md).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -45,15 +45,28 @@ impl<S> Layer<S> for PollRescueLayer {
             inner,
             metrics: self.metrics.clone(),
             broker: self.broker.clone(),
+            not_ready: None,
         }
     }
 }
 
-#[derive(Clone)]
 pub struct PollRescue<S> {
     inner: S,
     metrics: Arc<Metrics>,
     broker: Arc<dyn Broker>,
+    /// The error the stack below reported when readied, answered by `call`.
+    not_ready: Option<BoxError>,
+}
+
+impl<S: Clone> Clone for PollRescue<S> {
+    fn clone(&self) -> Self {
+        PollRescue {
+            inner: self.inner.clone(),
+            metrics: self.metrics.clone(),
+            broker: self.broker.clone(),
+            not_ready: None,
+        }
+    }
 }
 
 /// Keeps `longpoll_polls_held` right however the request ends, and ends the
@@ -101,9 +114,17 @@ where
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Readiness is checked below by the load shedder.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The load shedder below is always ready (it refuses in its `call`
+        // instead of making the caller wait); an error is answered by `call`.
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                self.not_ready = Some(e.into());
+                Poll::Ready(Ok(()))
+            }
+        }
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
@@ -113,16 +134,17 @@ where
             req.extensions_mut().insert(t.clone());
         }
         let held = Held::new(&self.metrics, trace);
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Called here, not in the future: a held poll's future then holds the
+        // stack's future only, not the request and a readied copy of the stack.
+        let answer = match self.not_ready.take() {
+            Some(e) => Err(e),
+            None => Ok(self.inner.call(req)),
+        };
         let metrics = self.metrics.clone();
         let broker = self.broker.clone();
         Box::pin(async move {
-            let result = tower::ServiceExt::ready(&mut inner)
-                .await
-                .map_err(Into::into);
-            let result = match result {
-                Ok(svc) => svc.call(req).await.map_err(Into::into),
+            let result = match answer {
+                Ok(answer) => answer.await.map_err(Into::into),
                 Err(e) => Err(e),
             };
             let response = match result {

@@ -56,11 +56,18 @@ pub struct PollContext {
 /// does not hold it: a held poll keeps neither its request nor its head.
 pub fn handle_poll(
     ctx: PollContext,
-    req: Request<Body>,
+    mut req: Request<Body>,
 ) -> impl Future<Output = Response> + Send + 'static {
     use futures_util::future::Either;
     let ready = |outcome: PollOutcome| Either::Left(std::future::ready(outcome.into_response()));
-    let request = match parse_query(req.uri().query()) {
+    // The sequence layer has parsed the query already (its `seen` list went
+    // into `KnownToClient`); a request that did not pass through it is parsed here.
+    let parsed = req.extensions_mut().remove::<PollRequest>();
+    let request = match parsed.map(|r| Ok(PollQuery::Poll(r))) {
+        Some(parsed) => parsed,
+        None => parse_query(req.uri().query()),
+    };
+    let request = match request {
         Ok(PollQuery::Probe) => {
             return ready(PollOutcome::Probe {
                 prefix: ctx.rules.prefix().to_owned(),
@@ -81,9 +88,8 @@ pub fn handle_poll(
         });
     }
     let known = req
-        .extensions()
-        .get::<KnownToClient>()
-        .cloned()
+        .extensions_mut()
+        .remove::<KnownToClient>()
         .unwrap_or_default();
     let trace = req.extensions().get::<PollTrace>().cloned();
     drop(req);
@@ -165,9 +171,16 @@ async fn wait_for_message(
                 "skipping a message"
             );
             ctx.metrics.messages_skipped.inc();
-            if let Err(e) = delivery.acker.ack().await {
-                tracing::debug!(error = %e, "ack of a skipped message failed");
-            }
+            // Settled on the side: with it awaited here, every held poll's
+            // future would be sized for this rare path. A broker that has not
+            // seen the ack yet delivers nothing more (prefetch 1), and one that
+            // requeues it on a lost channel redelivers it, to be skipped again.
+            let acker = delivery.acker;
+            tokio::spawn(async move {
+                if let Err(e) = acker.ack().await {
+                    tracing::debug!(error = %e, "ack of a skipped message failed");
+                }
+            });
             continue;
         }
         if let Some(t) = trace {

@@ -5,6 +5,7 @@
 //! and the rule that secrets appear only as [`key_hash`].
 //! Must not: be initialised before the configuration is known.
 
+mod json_fields;
 mod metrics;
 pub mod traces;
 
@@ -70,6 +71,7 @@ pub fn init(format: Option<LogFormat>) -> TelemetryGuard {
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
+            .fmt_fields(json_fields::JsonSpanFields)
             .with_writer(std::io::stderr)
             .boxed(),
     });

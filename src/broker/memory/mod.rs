@@ -10,7 +10,7 @@
 
 mod routing;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -77,7 +77,8 @@ struct MemQueue {
     ready: VecDeque<Queued>,
     /// The one delivered-but-unsettled message, with its delivery tag.
     unacked: Option<(u64, Queued)>,
-    bindings: HashSet<String>,
+    /// Its binding keys (shared with the exchange's table); a handful at most.
+    bindings: Vec<Arc<str>>,
     notify: Arc<Notify>,
     last_used: Instant,
     pollers: usize,
@@ -341,7 +342,7 @@ impl Broker for MemoryBroker {
                     name,
                     ready: VecDeque::new(),
                     unacked: None,
-                    bindings: HashSet::new(),
+                    bindings: Vec::new(),
                     notify: Arc::new(Notify::new()),
                     last_used: Instant::now(),
                     pollers: 0,
@@ -439,18 +440,17 @@ impl Broker for MemoryBroker {
 }
 
 fn bind_all(st: &mut State, queue: &str, event_keys: &[String]) {
-    let Some(q) = st.queues.get_mut(queue) else {
+    let State {
+        queues, bindings, ..
+    } = st;
+    let Some(q) = queues.get_mut(queue) else {
         return;
     };
-    let name = q.name.clone();
     q.last_used = Instant::now();
-    let new: Vec<String> = event_keys
-        .iter()
-        .filter(|k| q.bindings.insert((*k).clone()))
-        .cloned()
-        .collect();
-    for key in new {
-        st.bindings.bind(&name, &key);
+    for key in event_keys {
+        if !q.bindings.iter().any(|b| **b == **key) {
+            q.bindings.push(bindings.bind(&q.name, key));
+        }
     }
 }
 

@@ -44,13 +44,54 @@ fn has_wildcard(binding: &str) -> bool {
     binding.split('.').any(|w| w == "*" || w == "#")
 }
 
+/// The queues bound with one binding key. Nearly every key has one queue (a
+/// subscription's own event key), so that case costs no set of its own.
+#[derive(Debug)]
+enum BoundQueues {
+    One(Arc<str>),
+    Many(HashSet<Arc<str>>),
+}
+
+impl BoundQueues {
+    fn insert(&mut self, queue: &Arc<str>) {
+        match self {
+            BoundQueues::One(q) if q == queue => {}
+            BoundQueues::One(q) => {
+                *self = BoundQueues::Many(HashSet::from([q.clone(), queue.clone()]));
+            }
+            BoundQueues::Many(set) => {
+                set.insert(queue.clone());
+            }
+        }
+    }
+
+    /// Removes `queue`; true when none is left.
+    fn remove(&mut self, queue: &str) -> bool {
+        match self {
+            BoundQueues::One(q) => &**q == queue,
+            BoundQueues::Many(set) => {
+                set.remove(queue);
+                set.is_empty()
+            }
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&Arc<str>)) {
+        match self {
+            BoundQueues::One(q) => f(q),
+            BoundQueues::Many(set) => set.iter().for_each(f),
+        }
+    }
+}
+
 /// The bindings of the embedded exchange: exact keys in a hash map (the common
-/// case, `longpoll.event.{table}.{id}`), wildcard patterns in a list.
+/// case, `longpoll.event.{table}.{id}`), wildcard patterns in a list. A key is
+/// stored once and shared with the queue's own list of its bindings.
 #[derive(Debug)]
 pub struct Bindings {
     exchange_type: ExchangeType,
-    exact: HashMap<String, HashSet<Arc<str>>>,
-    patterns: HashMap<String, HashSet<Arc<str>>>,
+    exact: HashMap<Arc<str>, BoundQueues>,
+    patterns: HashMap<Arc<str>, BoundQueues>,
 }
 
 impl Bindings {
@@ -62,7 +103,7 @@ impl Bindings {
         }
     }
 
-    fn table(&mut self, binding: &str) -> &mut HashMap<String, HashSet<Arc<str>>> {
+    fn table(&mut self, binding: &str) -> &mut HashMap<Arc<str>, BoundQueues> {
         if self.exchange_type == ExchangeType::Topic && has_wildcard(binding) {
             &mut self.patterns
         } else {
@@ -70,34 +111,46 @@ impl Bindings {
         }
     }
 
-    pub fn bind(&mut self, queue: &Arc<str>, binding: &str) {
-        self.table(binding)
-            .entry(binding.to_owned())
-            .or_default()
-            .insert(queue.clone());
+    /// Binds `queue` with `binding`; returns the stored key, for the queue to keep.
+    pub fn bind(&mut self, queue: &Arc<str>, binding: &str) -> Arc<str> {
+        let table = self.table(binding);
+        if let Some((key, _)) = table.get_key_value(binding) {
+            let key = key.clone();
+            if let Some(queues) = table.get_mut(binding) {
+                queues.insert(queue);
+            }
+            return key;
+        }
+        let key: Arc<str> = binding.into();
+        table.insert(key.clone(), BoundQueues::One(queue.clone()));
+        key
     }
 
     pub fn unbind(&mut self, queue: &str, binding: &str) {
         let table = self.table(binding);
-        if let Some(set) = table.get_mut(binding) {
-            set.remove(queue);
-            if set.is_empty() {
-                table.remove(binding);
-            }
+        if let Some(queues) = table.get_mut(binding)
+            && queues.remove(queue)
+        {
+            table.remove(binding);
         }
     }
 
     /// Every queue a message with this routing key goes to (each once).
-    pub fn route(&self, routing_key: &str) -> HashSet<Arc<str>> {
-        let mut out: HashSet<Arc<str>> = self
-            .exact
-            .get(routing_key)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+    pub fn route(&self, routing_key: &str) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        if let Some(queues) = self.exact.get(routing_key) {
+            queues.for_each(|q| out.push(q.clone()));
+        }
+        let exact = out.len();
         for (pattern, queues) in &self.patterns {
             if topic_matches(pattern, routing_key) {
-                out.extend(queues.iter().cloned());
+                queues.for_each(|q| out.push(q.clone()));
             }
+        }
+        // A queue bound by a key and a pattern (or two patterns) gets one copy.
+        if out.len() > exact && out.len() > 1 {
+            let mut seen = HashSet::with_capacity(out.len());
+            out.retain(|q| seen.insert(q.clone()));
         }
         out
     }
@@ -138,6 +191,24 @@ mod tests {
         b.bind(&q, "a.*");
         assert!(b.route("a.b").is_empty());
         assert_eq!(b.route("a.*").len(), 1);
+    }
+
+    #[test]
+    fn a_key_shared_by_queues_routes_to_each_until_unbound() {
+        let mut b = Bindings::new(ExchangeType::Direct);
+        let (q1, q2): (Arc<str>, Arc<str>) = ("q1".into(), "q2".into());
+        let k1 = b.bind(&q1, "k");
+        let k2 = b.bind(&q2, "k");
+        assert!(Arc::ptr_eq(&k1, &k2), "one stored key, shared");
+        b.bind(&q2, "k");
+        let mut routed = b.route("k");
+        routed.sort();
+        assert_eq!(routed, vec![q1.clone(), q2.clone()]);
+        b.unbind("q1", "k");
+        assert_eq!(b.route("k"), vec![q2]);
+        b.unbind("q2", "k");
+        assert!(b.route("k").is_empty());
+        assert!(b.exact.is_empty(), "an unused key is dropped");
     }
 
     #[test]

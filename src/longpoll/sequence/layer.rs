@@ -17,7 +17,7 @@ use super::store::{Decision, Previous, SequenceStore, Signal, Waiting};
 use crate::broker::Acker;
 use crate::longpoll::handler::KnownToClient;
 use crate::longpoll::outcome::{DeliveredAnswer, PollOutcome};
-use crate::longpoll::request::{PollQuery, QueueRules, parse_query};
+use crate::longpoll::request::{PollQuery, PollRequest, QueueRules, parse_query};
 use crate::telemetry::traces::PollTrace;
 
 /// Applies the sequence contract: replay, stale, supersede, ack-on-next.
@@ -79,61 +79,62 @@ where
             // Probes, 400s and 404s carry no sequence state.
             _ => return Box::pin(inner.call(req)),
         };
-        let store = self.store.clone();
-        Box::pin(async move {
-            let waiting = match store.begin(&poll.uuid, poll.sequence, poll.seen.as_deref()) {
-                Decision::Replay(answer) => {
-                    tracing::debug!(sequence = poll.sequence, "replaying an answered sequence");
-                    if let Some(t) = req.extensions().get::<PollTrace>() {
-                        t.poll(&poll.uuid, poll.sequence);
-                        t.replayed(&answer.message_id);
-                    }
-                    return Ok(PollOutcome::Replay(answer).into_response());
+        // Everything that needs the request happens here, before the future:
+        // a held poll's future then holds the handler's future, the ticket and
+        // the signals, not the request (smaller futures, less memory per poll).
+        let waiting = match self
+            .store
+            .begin(&poll.uuid, poll.sequence, poll.seen.as_deref())
+        {
+            Decision::Replay(answer) => {
+                tracing::debug!(sequence = poll.sequence, "replaying an answered sequence");
+                if let Some(t) = req.extensions().get::<PollTrace>() {
+                    t.poll(&poll.uuid, poll.sequence);
+                    t.replayed(&answer.message_id);
                 }
-                Decision::Stale { last_answered } => {
-                    return Ok(PollOutcome::Stale { last_answered }.into_response());
-                }
-                Decision::Wait(w) => w,
-            };
-            let Waiting {
-                ticket,
-                signals,
-                previous,
-                last_message_id,
-            } = waiting;
-            let mut ticket = Ticket {
-                store: store.clone(),
-                uuid: poll.uuid.clone(),
-                ticket,
-                done: false,
-            };
-            match previous {
-                Some(Previous::Ack(acker)) => {
-                    if let Err(e) = acker.ack().await {
-                        // Its channel is gone, so the broker requeued it; the
-                        // handler will skip its redelivery (same message id).
-                        tracing::debug!(error = %e, "ack of the previous answer failed");
-                    }
-                }
-                Some(Previous::Requeue(acker)) => {
-                    tracing::debug!(
-                        sequence = poll.sequence,
-                        "the client did not get the previous answer; requeueing it"
-                    );
-                    if let Err(e) = acker.requeue().await {
-                        tracing::debug!(error = %e, "requeue of the previous answer failed");
-                    }
-                }
-                None => {}
+                let response = PollOutcome::Replay(answer).into_response();
+                return Box::pin(std::future::ready(Ok(response)));
             }
-            req.extensions_mut().insert(KnownToClient {
-                seen: poll.seen.clone(),
-                last_answered: last_message_id,
-            });
-            let trace = req.extensions().get::<PollTrace>().cloned();
+            Decision::Stale { last_answered } => {
+                let response = PollOutcome::Stale { last_answered }.into_response();
+                return Box::pin(std::future::ready(Ok(response)));
+            }
+            Decision::Wait(w) => w,
+        };
+        let Waiting {
+            ticket,
+            signals,
+            previous,
+            last_message_id,
+        } = waiting;
+        let sequence = poll.sequence;
+        req.extensions_mut().insert(KnownToClient {
+            seen: poll.seen,
+            last_answered: last_message_id,
+        });
+        // Handed to the handler, which then does not parse the query again.
+        req.extensions_mut().insert(PollRequest {
+            uuid: poll.uuid.clone(),
+            sequence,
+            seen: None,
+        });
+        let mut ticket = Ticket {
+            store: self.store.clone(),
+            uuid: poll.uuid,
+            ticket,
+            done: false,
+        };
+        let trace = req.extensions().get::<PollTrace>().cloned();
+        // The handler does its checks now but waits on the broker only when
+        // polled, after the previous answer is settled below.
+        let response = inner.call(req);
+        Box::pin(async move {
+            if let Some(previous) = previous {
+                settle_previous(previous, sequence).await;
+            }
             tokio::select! {
                 biased;
-                response = inner.call(req) => {
+                response = response => {
                     let Ok(mut response) = response;
                     let delivered = response.extensions_mut().remove::<DeliveredAnswer>();
                     let answer = delivered.map(|d| {
@@ -159,6 +160,30 @@ where
                 }
             }
         })
+    }
+}
+
+/// Ack-on-next: the client's next sequence proves it got the previous answer
+/// (ack); a retry of that sequence that the store could not replay means it
+/// did not (requeue).
+async fn settle_previous(previous: Previous, sequence: u64) {
+    match previous {
+        Previous::Ack(acker) => {
+            if let Err(e) = acker.ack().await {
+                // Its channel is gone, so the broker requeued it; the
+                // handler will skip its redelivery (same message id).
+                tracing::debug!(error = %e, "ack of the previous answer failed");
+            }
+        }
+        Previous::Requeue(acker) => {
+            tracing::debug!(
+                sequence,
+                "the client did not get the previous answer; requeueing it"
+            );
+            if let Err(e) = acker.requeue().await {
+                tracing::debug!(error = %e, "requeue of the previous answer failed");
+            }
+        }
     }
 }
 

@@ -1,0 +1,242 @@
+//! [`JsonSpanFields`]: how the JSON log layer stores a span's fields.
+//!
+//! The JSON layer keeps each span's fields as a JSON object in text, made when
+//! the span opens. tracing-subscriber's own `JsonFields` builds a map of
+//! `serde_json::Value`s first and grows its string field by field, and a field
+//! recorded later has it parse the whole object again. For the request span,
+//! opened on every poll, that was a tenth of the gateway's CPU. This writes the
+//! object straight out, and a later field is appended to it. The log lines it
+//! feeds are the same.
+
+use std::fmt::{self, Write as _};
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::FormattedFields;
+use tracing_subscriber::fmt::format::Writer;
+
+/// Span fields as a JSON object, written directly (see the module docs).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JsonSpanFields;
+
+impl<'writer> FormatFields<'writer> for JsonSpanFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut out = String::with_capacity(192);
+        out.push('{');
+        fields.record(&mut ObjectMembers {
+            out: &mut out,
+            first: true,
+        });
+        out.push('}');
+        writer.write_str(&out)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        if current.fields.is_empty() {
+            return self.format_fields(current.as_writer(), fields);
+        }
+        // `{...}` → `{...,"added":...}` (a field recorded twice appears twice;
+        // JSON readers keep the last).
+        let mut members = String::new();
+        let first = current.fields == "{}";
+        fields.record(&mut ObjectMembers {
+            out: &mut members,
+            first,
+        });
+        if !members.is_empty() && current.fields.ends_with('}') {
+            current.fields.pop();
+            current.fields.push_str(&members);
+            current.fields.push('}');
+        }
+        Ok(())
+    }
+}
+
+/// Writes `"name":value` pairs, comma-separated.
+struct ObjectMembers<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl ObjectMembers<'_> {
+    fn key(&mut self, field: &Field) {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        let name = field.name();
+        push_json_string(self.out, name.strip_prefix("r#").unwrap_or(name));
+        self.out.push(':');
+    }
+}
+
+impl Visit for ObjectMembers<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        push_json_string(self.out, value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        self.out.push_str(if value { "true" } else { "false" });
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        if value.is_finite() {
+            let _ = write!(self.out, "{value}");
+        } else {
+            self.out.push_str("null"); // JSON has no NaN or infinity
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.key(field);
+        // `%value` fields arrive here too, as Debug of a Display wrapper.
+        let mut text = String::with_capacity(64);
+        let _ = write!(text, "{value:?}");
+        push_json_string(self.out, &text);
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_string(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push('"');
+    let mut plain_from = 0;
+    for (i, c) in s.char_indices() {
+        let escaped = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if (c as u32) < 0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&s[plain_from..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push_str(escaped);
+        }
+        plain_from = i + c.len_utf8();
+    }
+    out.push_str(&s[plain_from..]);
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// A writer that keeps what the JSON layer wrote.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::ErrorKind::Other)?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn json_lines(run: impl FnOnce()) -> Vec<serde_json::Value> {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .fmt_fields(JsonSpanFields)
+            .with_writer(move || writer.clone());
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, run);
+        let bytes = captured.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    #[test]
+    fn span_fields_reach_log_lines_as_json_with_strings_escaped() {
+        let lines = json_lines(|| {
+            let span = tracing::info_span!(
+                "request",
+                path = %"/a\"b\\c\nd\u{1}é",
+                n = 7u64,
+                neg = -3i64,
+                ok = true,
+                r#type = "t",
+            );
+            let _g = span.enter();
+            tracing::info!("inside");
+        });
+        let span = &lines[0]["spans"][0];
+        assert_eq!(span["name"], "request");
+        assert_eq!(span["path"], "/a\"b\\c\nd\u{1}é");
+        assert_eq!(span["n"], 7);
+        assert_eq!(span["neg"], -3);
+        assert_eq!(span["ok"], true);
+        assert_eq!(span["type"], "t");
+    }
+
+    #[test]
+    fn a_field_recorded_later_is_added_to_the_span() {
+        let lines = json_lines(|| {
+            let span = tracing::info_span!(
+                "request",
+                request_id = "r-1",
+                trace_id = tracing::field::Empty
+            );
+            span.record("trace_id", "abc");
+            let _g = span.enter();
+            tracing::info!("inside");
+        });
+        let span = &lines[0]["spans"][0];
+        assert_eq!(span["request_id"], "r-1");
+        assert_eq!(span["trace_id"], "abc");
+    }
+
+    #[test]
+    fn a_span_without_fields_and_one_recorded_later_stay_valid_json() {
+        let lines = json_lines(|| {
+            let span = tracing::info_span!("bare", late = tracing::field::Empty);
+            let _g = span.enter();
+            tracing::info!("before");
+            span.record("late", 5u64);
+            tracing::info!("after");
+        });
+        assert_eq!(lines[0]["spans"][0]["name"], "bare");
+        assert_eq!(lines[1]["spans"][0]["late"], 5);
+    }
+}
