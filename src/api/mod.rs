@@ -17,7 +17,6 @@ mod error;
 use axum::body::Body;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
@@ -25,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
+use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
 
 pub use error::ApiError;
 
@@ -45,11 +45,11 @@ pub struct ApiState {
 
 /// The API's routes, under `/api/`.
 pub fn routes(state: ApiState) -> Router {
-    if state.token.is_none() {
+    let Some(token) = state.token.clone() else {
         return Router::new()
             .route("/api", axum::routing::any(disabled))
             .route("/api/{*rest}", axum::routing::any(disabled));
-    }
+    };
     Router::new()
         .route("/api/v1/subscriptions", post(create_subscription))
         .route("/api/v1/subscriptions/{key}/bindings", post(add_bindings))
@@ -58,7 +58,7 @@ pub fn routes(state: ApiState) -> Router {
         // Every other /api path is the API's own 404 (not a long-poll).
         .route("/api", axum::routing::any(not_found))
         .route("/api/{*rest}", axum::routing::any(not_found))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(ValidateRequestHeaderLayer::custom(RequireToken(token)))
         .with_state(state)
 }
 
@@ -71,14 +71,22 @@ async fn not_found() -> ApiError {
 }
 
 /// `Authorization: Bearer {token}`, compared in constant time.
-async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let Some(expected) = state.token.as_ref() else {
-        return ApiError::Disabled.into_response();
-    };
-    if !bearer_matches(req.headers(), expected) {
-        return ApiError::Unauthorized.into_response();
+///
+/// A tower-http validator rather than an axum `from_fn` middleware: that one
+/// boxes two futures and clones the routes it wraps on every request.
+#[derive(Clone)]
+struct RequireToken(ApiToken);
+
+impl<B> ValidateRequest<B> for RequireToken {
+    type ResponseBody = Body;
+
+    fn validate(&mut self, req: &mut http::Request<B>) -> Result<(), Response> {
+        if bearer_matches(req.headers(), &self.0) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized.into_response())
+        }
     }
-    next.run(req).await
 }
 
 fn bearer_matches(headers: &HeaderMap, expected: &ApiToken) -> bool {
@@ -107,7 +115,7 @@ fn bearer_matches(headers: &HeaderMap, expected: &ApiToken) -> bool {
 /// 413 over the limit, 400 for invalid JSON, 422 for the wrong shape.
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<S: Send + Sync, T: DeserializeOwned + 'static> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
@@ -116,7 +124,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .map_err(|_| ApiError::PayloadTooLarge)?;
         let value: Value =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
-        serde_json::from_value(value)
+        // Asked for a JSON value (an event): it is one already. Converting it
+        // to itself would rebuild every map and string of every event.
+        let mut parsed = Some(value);
+        let same = (&mut parsed as &mut dyn std::any::Any).downcast_mut::<Option<T>>();
+        if let Some(Some(value)) = same.map(Option::take) {
+            return Ok(JsonBody(value));
+        }
+        serde_json::from_value(parsed.unwrap_or_default())
             .map(JsonBody)
             .map_err(|e| ApiError::Unprocessable(e.to_string()))
     }
