@@ -62,9 +62,8 @@ pub fn handle_poll(
     let ready = |outcome: PollOutcome| Either::Left(std::future::ready(outcome.into_response()));
     // The sequence layer has parsed the query already (its `seen` list went
     // into `KnownToClient`); a request that did not pass through it is parsed here.
-    let parsed = req.extensions_mut().remove::<PollRequest>();
-    let request = match parsed.map(|r| Ok(PollQuery::Poll(r))) {
-        Some(parsed) => parsed,
+    let request = match req.extensions_mut().remove::<PollRequest>() {
+        Some(parsed) => Ok(PollQuery::Poll(parsed)),
         None => parse_query(req.uri().query()),
     };
     let request = match request {
