@@ -15,6 +15,17 @@ use longpoll_gateway::{cli, gateway, telemetry};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+// jemalloc returns freed pages to the system only when the process allocates
+// again, and a replica holding polls is mostly idle: what a burst freed (on
+// RabbitMQ, the setup of thousands of consumers) stayed resident, ~3.4 KB per
+// held poll. A background thread purges pages unused for a second instead
+// (benches/README.md). `_RJEM_MALLOC_CONF` in the environment still overrides it.
+// jemalloc reads this C string (`const char *`) before the first allocation.
+#[cfg(feature = "jemalloc")]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_CONF: &[u8; 85] =
+    b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -229,3 +229,34 @@ async fn sigint_stops_the_gateway_with_exit_0() {
     let exit = gw.wait(Duration::from_secs(15)).await;
     assert_eq!(exit.code(), Some(0));
 }
+
+/// Names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim_end().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(feature = "jemalloc")]
+#[tokio::test]
+async fn freed_memory_is_returned_by_one_jemalloc_background_thread() {
+    let gw = GatewayProcess::start(&[], &[]).await;
+    assert_eq!(status(&format!("{}/healthz", gw.admin)).await, 200);
+    let pid = gw.pid();
+    eventually(
+        Duration::from_secs(10),
+        "jemalloc's purging thread",
+        || async { thread_names(pid).iter().any(|n| n == "jemalloc_bg_thd") },
+    )
+    .await;
+    let purgers = thread_names(pid)
+        .into_iter()
+        .filter(|n| n == "jemalloc_bg_thd")
+        .count();
+    assert_eq!(purgers, 1, "max_background_threads:1");
+}
