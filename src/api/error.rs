@@ -40,6 +40,7 @@ impl From<PublishError> for ApiError {
             PublishError::InvalidEventKey(why) => ApiError::BadRequest(why),
             PublishError::InvalidEventKeys(why) => ApiError::Unprocessable(why),
             PublishError::NotAnObject => ApiError::Unprocessable(e.to_string()),
+            PublishError::MalformedJson(why) => ApiError::BadJson(why),
             PublishError::UnknownSubscription => ApiError::UnknownSubscription,
             PublishError::Broker(b) => ApiError::Broker(b),
         }

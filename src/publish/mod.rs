@@ -50,6 +50,9 @@ pub enum PublishError {
     /// An event payload that is not a JSON object.
     #[error("an event must be a JSON object")]
     NotAnObject,
+    /// An event payload that is not JSON at all.
+    #[error("invalid JSON: {0}")]
+    MalformedJson(String),
     /// Not a subscription key of this gateway.
     #[error("unknown subscription")]
     UnknownSubscription,
@@ -154,15 +157,40 @@ impl Publisher {
         headers: Vec<(String, String)>,
     ) -> Result<String, PublishError> {
         validate_event_key(event_key, false).map_err(PublishError::InvalidEventKey)?;
-        let message_id = uuid::Uuid::new_v4().to_string();
         if capture::record(event_key, &payload) {
-            return Ok(message_id);
+            return Ok(uuid::Uuid::new_v4().to_string());
         }
-        let body = event_body(event_key, payload);
+        self.publish_body(event_key, event_body(event_key, payload), headers)
+            .await
+    }
+
+    /// [`Publisher::emit`] for an event given as JSON text (the management
+    /// API's request body): the body is checked to be one JSON object and
+    /// published as [`event_body_from_json`] builds it.
+    pub async fn emit_json(&self, event_key: &str, json: &[u8]) -> Result<String, PublishError> {
+        let body = event_body_from_json(event_key, json)?;
+        validate_event_key(event_key, false).map_err(PublishError::InvalidEventKey)?;
+        if capture::capturing() {
+            let Ok(Value::Object(payload)) = serde_json::from_slice(json) else {
+                return Err(PublishError::NotAnObject);
+            };
+            return self.emit(event_key, payload).await;
+        }
+        self.publish_body(event_key, body, Vec::new()).await
+    }
+
+    /// Publishes a finished body with a fresh message id; returns the id once
+    /// the broker confirmed.
+    async fn publish_body(
+        &self,
+        event_key: &str,
+        body: Bytes,
+        mut headers: Vec<(String, String)>,
+    ) -> Result<String, PublishError> {
+        let message_id = uuid::Uuid::new_v4().to_string();
         // The message carries the publisher's trace context, so the poll that
         // delivers it continues the same trace.
         let span = traces::publish_context(event_key, &message_id);
-        let mut headers = headers;
         if !headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
@@ -199,6 +227,94 @@ pub fn event_body(event_key: &str, mut payload: Map<String, Value>) -> Bytes {
     payload.insert("event_key".into(), Value::String(event_key.to_owned()));
     // Serialising a map of JSON values cannot fail.
     Bytes::from(serde_json::to_vec(&Value::Object(payload)).unwrap_or_default())
+}
+
+/// The published body from an event's JSON text: what [`event_body`] makes of
+/// the parsed object, without parsing it into a map and writing it out again.
+/// The object's text is kept as it came and `"event_key"` is appended (last, as
+/// Launchpad's `emit` added it). An object that has an `"event_key"` member
+/// already goes the map way, so that the key set here replaces it.
+pub fn event_body_from_json(event_key: &str, json: &[u8]) -> Result<Bytes, PublishError> {
+    let scan: ObjectScan = serde_json::from_slice(json).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => PublishError::NotAnObject,
+        _ => PublishError::MalformedJson(e.to_string()),
+    })?;
+    if scan.has_event_key {
+        let Ok(Value::Object(payload)) = serde_json::from_slice(json) else {
+            return Err(PublishError::NotAnObject);
+        };
+        return Ok(event_body(event_key, payload));
+    }
+    // Valid JSON whose value is an object ends with its closing brace.
+    let Some(open) = json.trim_ascii_end().strip_suffix(b"}") else {
+        return Err(PublishError::NotAnObject);
+    };
+    let mut body = Vec::with_capacity(open.len() + event_key.len() + 16);
+    body.extend_from_slice(open);
+    if scan.members > 0 {
+        body.push(b',');
+    }
+    body.extend_from_slice(b"\"event_key\":");
+    // A string always serialises.
+    serde_json::to_writer(&mut body, event_key)
+        .map_err(|e| PublishError::MalformedJson(e.to_string()))?;
+    body.push(b'}');
+    Ok(Bytes::from(body))
+}
+
+/// What [`event_body_from_json`] needs to know of an object: how many members
+/// it has and whether one is `"event_key"`. Values are skipped, not built.
+struct ObjectScan {
+    members: usize,
+    has_event_key: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for ObjectScan {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = ObjectScan;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ObjectScan, A::Error> {
+                let mut scan = ObjectScan {
+                    members: 0,
+                    has_event_key: false,
+                };
+                while let Some(is_event_key) = map.next_key_seed(IsEventKey)? {
+                    scan.members += 1;
+                    scan.has_event_key |= is_event_key;
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Ok(scan)
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
+/// A member name, compared with `"event_key"` without being kept.
+struct IsEventKey;
+
+impl<'de> serde::de::DeserializeSeed<'de> for IsEventKey {
+    type Value = bool;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for IsEventKey {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<bool, E> {
+        Ok(name == "event_key")
+    }
 }
 
 /// An event that can be emitted, as Launchpad's `ILongPollEvent`: a stable,
@@ -265,5 +381,64 @@ impl Publisher {
             key,
             uri: uri.to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn from_text(text: &str) -> Result<Value, PublishError> {
+        let body = event_body_from_json("longpoll.event.k", text.as_bytes())?;
+        Ok(serde_json::from_slice(&body).expect("the published body is JSON"))
+    }
+
+    #[test]
+    fn an_event_text_is_kept_as_it_came_with_event_key_appended() {
+        let body = event_body_from_json("longpoll.event.k", br#"{"b": 1, "a": [1, {"c": null}]}"#)
+            .unwrap();
+        assert_eq!(
+            &body[..],
+            br#"{"b": 1, "a": [1, {"c": null}],"event_key":"longpoll.event.k"}"#
+        );
+    }
+
+    #[test]
+    fn an_event_text_gives_the_same_object_as_the_map_way() {
+        for text in [
+            r#"{"b": 1, "a": "x\"y", "n": {"event_key": "inner"}}"#,
+            "{}",
+            " \n{ \t}\r\n ",
+            r#"{"event_key": "set by the caller", "x": 1}"#,
+            r#"{"event\u005fkey": "escaped name", "x": 1}"#,
+        ] {
+            let Value::Object(map) = serde_json::from_str::<Value>(text).unwrap() else {
+                panic!("{text}")
+            };
+            let by_map: Value =
+                serde_json::from_slice(&event_body("longpoll.event.k", map)).unwrap();
+            assert_eq!(from_text(text).unwrap(), by_map, "{text}");
+        }
+        assert_eq!(
+            from_text(r#"{"event_key": "other"}"#).unwrap(),
+            json!({"event_key": "longpoll.event.k"})
+        );
+    }
+
+    #[test]
+    fn an_event_text_that_is_not_one_json_object_is_refused() {
+        for text in ["[1, 2]", "\"s\"", "3", "null"] {
+            assert!(
+                matches!(from_text(text), Err(PublishError::NotAnObject)),
+                "{text}"
+            );
+        }
+        for text in ["", "{\"a\":", "{} x", "{\"a\" 1}", "{'a': 1}"] {
+            assert!(
+                matches!(from_text(text), Err(PublishError::MalformedJson(_))),
+                "{text}"
+            );
+        }
     }
 }
