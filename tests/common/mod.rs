@@ -171,14 +171,18 @@ impl TestGateway {
 
     /// The admin `/metrics` text.
     pub async fn metrics(&self) -> String {
-        self.client
-            .get(format!("{}/metrics", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        let url = format!("{}/metrics", self.admin);
+        // A pooled keep-alive connection can reach the server's idle limit (the
+        // header read timeout, which some tests shorten to seconds) just as it is
+        // reused: the GET then fails unanswered, and goes again on a new one.
+        let response = match self.client.get(&url).send().await {
+            Ok(r) => r,
+            Err(e) if e.is_request() || e.is_connect() => {
+                self.client.get(&url).send().await.expect("GET /metrics")
+            }
+            Err(e) => panic!("GET /metrics: {e}"),
+        };
+        response.text().await.expect("the /metrics body")
     }
 
     /// One sample of `/metrics` (0 when absent).
