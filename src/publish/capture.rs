@@ -70,12 +70,12 @@ pub async fn capture_emissions<F: Future>(scope: F) -> (F::Output, Vec<EventReco
         .await
 }
 
-/// Records an emission if a capture scope is active; returns whether it did.
 /// Is this task inside [`capture_emissions`]?
 pub(crate) fn capturing() -> bool {
     CAPTURED.try_with(|_| ()).is_ok()
 }
 
+/// Records an emission if a capture scope is active; returns whether it did.
 pub(crate) fn record(event_key: &str, payload: &Map<String, Value>) -> bool {
     CAPTURED
         .try_with(|c| {
