@@ -26,12 +26,17 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
+        // Built in a string sized for the request span, then written at once:
+        // the span's own text starts empty and would grow several times.
         let mut out = String::with_capacity(192);
         out.push('{');
-        fields.record(&mut ObjectMembers {
+        let mut members = ObjectMembers {
             out: &mut out,
             first: true,
-        });
+            result: Ok(()),
+        };
+        fields.record(&mut members);
+        members.result?;
         out.push('}');
         writer.write_str(&out)
     }
@@ -48,10 +53,13 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
         // JSON readers keep the last).
         let mut members = String::new();
         let first = current.fields == "{}";
-        fields.record(&mut ObjectMembers {
+        let mut visitor = ObjectMembers {
             out: &mut members,
             first,
-        });
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result?;
         if !members.is_empty() && current.fields.ends_with('}') {
             current.fields.pop();
             current.fields.push_str(&members);
@@ -61,88 +69,114 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
     }
 }
 
-/// Writes `"name":value` pairs, comma-separated.
-struct ObjectMembers<'a> {
-    out: &'a mut String,
+/// Writes `"name":value` pairs, comma-separated, into any text sink (the
+/// span's own text, or a string to append).
+struct ObjectMembers<'a, W: fmt::Write> {
+    out: &'a mut W,
     first: bool,
+    /// The first write error; `Visit` methods cannot return one.
+    result: fmt::Result,
 }
 
-impl ObjectMembers<'_> {
-    fn key(&mut self, field: &Field) {
-        if !self.first {
-            self.out.push(',');
+impl<W: fmt::Write> ObjectMembers<'_, W> {
+    fn member(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
         }
-        self.first = false;
         let name = field.name();
-        push_json_string(self.out, name.strip_prefix("r#").unwrap_or(name));
-        self.out.push(':');
+        let first = std::mem::replace(&mut self.first, false);
+        self.result = (|| {
+            if !first {
+                self.out.write_char(',')?;
+            }
+            write_json_string(self.out, name.strip_prefix("r#").unwrap_or(name))?;
+            self.out.write_char(':')?;
+            value(self.out)
+        })();
     }
 }
 
-impl Visit for ObjectMembers<'_> {
+impl<W: fmt::Write> Visit for ObjectMembers<'_, W> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.key(field);
-        push_json_string(self.out, value);
+        self.member(field, |out| write_json_string(out, value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field);
-        self.out.push_str(if value { "true" } else { "false" });
+        self.member(field, |out| {
+            out.write_str(if value { "true" } else { "false" })
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        let _ = write!(self.out, "{value}");
+        self.member(field, |out| write!(out, "{value}"));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        let _ = write!(self.out, "{value}");
+        self.member(field, |out| write!(out, "{value}"));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(field);
-        if value.is_finite() {
-            let _ = write!(self.out, "{value}");
-        } else {
-            self.out.push_str("null"); // JSON has no NaN or infinity
-        }
+        self.member(field, |out| {
+            if value.is_finite() {
+                write!(out, "{value}")
+            } else {
+                out.write_str("null") // JSON has no NaN or infinity
+            }
+        });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.key(field);
-        // `%value` fields arrive here too, as Debug of a Display wrapper.
-        let mut text = String::with_capacity(64);
-        let _ = write!(text, "{value:?}");
-        push_json_string(self.out, &text);
+        // `%value` fields arrive here too, as Debug of a Display wrapper; the
+        // text is escaped as it is written.
+        self.member(field, |out| {
+            out.write_char('"')?;
+            write!(JsonEscaped(out), "{value:?}")?;
+            out.write_char('"')
+        });
     }
 }
 
-/// Appends `s` as a JSON string literal.
-fn push_json_string(out: &mut String, s: &str) {
-    out.reserve(s.len() + 2);
-    out.push('"');
+/// Writes `s` as a JSON string literal.
+fn write_json_string<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> fmt::Result {
+    out.write_char('"')?;
+    write_escaped(out, s)?;
+    out.write_char('"')
+}
+
+/// Writes `s` with JSON's escapes. Every byte that needs one is ASCII, so the
+/// scan goes by bytes and copies the runs between them whole.
+fn write_escaped<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> fmt::Result {
+    let bytes = s.as_bytes();
     let mut plain_from = 0;
-    for (i, c) in s.char_indices() {
-        let escaped = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\r' => "\\r",
-            '\t' => "\\t",
-            c if (c as u32) < 0x20 => "",
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
             _ => continue,
         };
-        out.push_str(&s[plain_from..i]);
+        // `i` is at an ASCII byte, so both slices end on char boundaries.
+        out.write_str(&s[plain_from..i])?;
         if escaped.is_empty() {
-            let _ = write!(out, "\\u{:04x}", c as u32);
+            write!(out, "\\u{b:04x}")?;
         } else {
-            out.push_str(escaped);
+            out.write_str(escaped)?;
         }
-        plain_from = i + c.len_utf8();
+        plain_from = i + 1;
     }
-    out.push_str(&s[plain_from..]);
-    out.push('"');
+    out.write_str(&s[plain_from..])
+}
+
+/// A text sink that escapes what goes through it for a JSON string.
+struct JsonEscaped<'a, W: fmt::Write>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for JsonEscaped<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        write_escaped(self.0, s)
+    }
 }
 
 #[cfg(test)]
