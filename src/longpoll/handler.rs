@@ -55,7 +55,7 @@ pub struct PollContext {
 /// Everything that needs the request is done before the wait, and the wait
 /// does not hold it: a held poll keeps neither its request nor its head.
 pub fn handle_poll(
-    ctx: PollContext,
+    ctx: Arc<PollContext>,
     mut req: Request<Body>,
 ) -> impl Future<Output = Response> + Send + 'static {
     use futures_util::future::Either;
