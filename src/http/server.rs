@@ -12,7 +12,8 @@
 //!   at once (the client retries) rather than left in the kernel's backlog;
 //! - HTTP/1 or HTTP/2 is told by peeking at the first bytes, not by reading
 //!   them, which keeps hyper's read buffer at 8 KB (see `sniff`), and the
-//!   request head is detached from that buffer as hyper hands it over.
+//!   request's header values are detached from that buffer as hyper hands it
+//!   over.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 
-use super::head::{detach_head, over_limits};
+use super::head::{detach_header_values, over_limits};
 use crate::config::{ConnectionLimits, Settings};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
@@ -73,7 +74,7 @@ impl Default for ServerOptions {
 
 /// The router as hyper calls it. In `call`, while hyper waits, and before
 /// anything routes the request: a head over the limits is answered 414/431,
-/// and the head is detached from hyper's buffer — not when the router's future
+/// and the header values are detached from hyper's buffer — not when the router's future
 /// is first polled: by then hyper has read on (see [`super::head`]).
 #[derive(Clone)]
 struct HeadDetachingService {
@@ -93,7 +94,11 @@ impl hyper::service::Service<http::Request<Incoming>> for HeadDetachingService {
         if let Some(status) = over_limits(&req, &self.limits) {
             return Either::Left(std::future::ready(Ok(refusal(status))));
         }
-        Either::Right(self.router.clone().oneshot(detach_head(req).map(Body::new)))
+        Either::Right(
+            self.router
+                .clone()
+                .oneshot(detach_header_values(req).map(Body::new)),
+        )
     }
 }
 
