@@ -187,7 +187,10 @@ impl Publisher {
         body: Bytes,
         mut headers: Vec<(String, String)>,
     ) -> Result<String, PublishError> {
-        let message_id = uuid::Uuid::new_v4().to_string();
+        let message_id = uuid::Uuid::new_v4()
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .to_owned();
         // The message carries the publisher's trace context, so the poll that
         // delivers it continues the same trace.
         let span = traces::publish_context(event_key, &message_id);

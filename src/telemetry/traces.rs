@@ -146,12 +146,28 @@ pub fn inject(cx: &Context, pairs: &mut Vec<(String, String)>) {
     // Written directly, as the propagator would write a sampled span context
     // without trace state: a `Context` built for each message and the
     // propagator's formatting were a few percent of the gateway's CPU.
-    let trace_id = rand::random::<u128>().max(1);
-    let span_id = rand::random::<u64>().max(1);
-    PairsInjector(pairs).set(
-        "traceparent",
-        format!("00-{trace_id:032x}-{span_id:016x}-01"),
-    );
+    let ids = rand::random::<[u8; 24]>();
+    let (trace_id, span_id) = ids.split_at(16);
+    // All-zero ids are invalid; one in 2^64 draws would need another.
+    let trace_id = if trace_id.iter().all(|&b| b == 0) {
+        &[1; 16][..]
+    } else {
+        trace_id
+    };
+    let span_id = if span_id.iter().all(|&b| b == 0) {
+        &[1; 8][..]
+    } else {
+        span_id
+    };
+    let mut text = [0u8; 55];
+    text[..3].copy_from_slice(b"00-");
+    text[35] = b'-';
+    text[52..].copy_from_slice(b"-01");
+    // Hex of the right lengths into the right slots cannot fail.
+    let _ = hex::encode_to_slice(trace_id, &mut text[3..35]);
+    let _ = hex::encode_to_slice(span_id, &mut text[36..52]);
+    let text = std::str::from_utf8(&text).unwrap_or_default();
+    PairsInjector(pairs).set("traceparent", text.to_owned());
 }
 
 /// A trace id as 32 hex digits (empty when invalid).
