@@ -233,6 +233,29 @@ async fn the_cli_publish_and_the_delivering_poll_share_one_trace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_a_request_id_the_callers_or_a_fresh_uuid() {
+    let gw = TestGateway::start(Backend::Memory).await;
+    let url = format!("http://{}/?uuid=longpoll.subscribe.none&sequence=1", gw.public_addr());
+    let mut fresh = Vec::new();
+    for _ in 0..2 {
+        let r = client().get(&url).send().await.unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let uuid = uuid::Uuid::parse_str(&id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(uuid.get_version_num(), 4, "{id}");
+        assert_eq!(id, uuid.hyphenated().to_string(), "lower-case, hyphenated");
+        fresh.push(id);
+    }
+    assert_ne!(fresh[0], fresh[1]);
+    let r = client()
+        .get(&url)
+        .header("x-request-id", "caller-chosen-17")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "caller-chosen-17");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_otel_variables_messages_still_carry_a_traceparent() {
     use futures_util::StreamExt;
     use lapin::options::{BasicAckOptions, BasicConsumeOptions};
