@@ -235,7 +235,10 @@ async fn the_cli_publish_and_the_delivering_poll_share_one_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_carries_a_request_id_the_callers_or_a_fresh_uuid() {
     let gw = TestGateway::start(Backend::Memory).await;
-    let url = format!("http://{}/?uuid=longpoll.subscribe.none&sequence=1", gw.public_addr());
+    let url = format!(
+        "http://{}/?uuid=longpoll.subscribe.none&sequence=1",
+        gw.public_addr()
+    );
     let mut fresh = Vec::new();
     for _ in 0..2 {
         let r = client().get(&url).send().await.unwrap();

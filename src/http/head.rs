@@ -160,7 +160,7 @@ mod tests {
         let req = Request::get("http://gw.example:8080/?uuid=k&sequence=1")
             .body(())
             .expect("request");
-        let after = detach_head(req);
+        let after = detach_header_values(req);
         assert_eq!(after.uri().host(), Some("gw.example"));
         assert_eq!(after.uri().port_u16(), Some(8080));
         assert_eq!(after.uri().query(), Some("uuid=k&sequence=1"));
