@@ -123,6 +123,27 @@ async fn an_overlong_uri_is_414_and_an_oversized_head_is_431() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_of_more_than_a_hundred_header_fields_is_refused_and_changes_nothing() {
+    let gw = TestGateway::start(Backend::Memory).await;
+    let with_fields = |n: usize| {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for i in 0..n {
+            let name = reqwest::header::HeaderName::try_from(format!("x-f{i}")).unwrap();
+            headers.insert(name, reqwest::header::HeaderValue::from_static("1"));
+        }
+        gw.client
+            .get(format!("{}/", gw.base))
+            .headers(headers)
+            .send()
+    };
+    // reqwest adds a few fields of its own (accept, host): 90 + those fit.
+    assert_eq!(with_fields(90).await.unwrap().status(), 200);
+    let refused = with_fields(101).await.unwrap();
+    assert_eq!(refused.status(), 431);
+    assert_eq!(gw.get("/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_polls_for_one_key_cost_one_held_poll_and_one_consumer() {
     let gw = TestGateway::start(Backend::Rabbit).await;
     let event = unique("longpoll.event.hot");
