@@ -90,11 +90,18 @@ fn main() -> ExitCode {
             result.map_err(|e| e.to_string())
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match result {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Exit with the runtime still alive. Dropping it cancels its tasks, and if
+    // a broker connection attempt is still in flight (an unreachable broker),
+    // lapin's I/O thread panics on the cancelled task it waits for: a second
+    // message after the one line a failed command prints. Telemetry is flushed
+    // above; stdout is flushed here.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::process::exit(code)
 }
