@@ -30,13 +30,10 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
         // the span's own text starts empty and would grow several times.
         let mut out = String::with_capacity(192);
         out.push('{');
-        let mut members = ObjectMembers {
+        fields.record(&mut ObjectMembers {
             out: &mut out,
             first: true,
-            result: Ok(()),
-        };
-        fields.record(&mut members);
-        members.result?;
+        });
         out.push('}');
         writer.write_str(&out)
     }
@@ -53,13 +50,10 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
         // JSON readers keep the last).
         let mut members = String::new();
         let first = current.fields == "{}";
-        let mut visitor = ObjectMembers {
+        fields.record(&mut ObjectMembers {
             out: &mut members,
             first,
-            result: Ok(()),
-        };
-        fields.record(&mut visitor);
-        visitor.result?;
+        });
         if !members.is_empty() && current.fields.ends_with('}') {
             current.fields.pop();
             current.fields.push_str(&members);
@@ -69,86 +63,77 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
     }
 }
 
-/// Writes `"name":value` pairs, comma-separated, into any text sink (the
-/// span's own text, or a string to append).
-struct ObjectMembers<'a, W: fmt::Write> {
-    out: &'a mut W,
+/// Writes `"name":value` pairs, comma-separated.
+struct ObjectMembers<'a> {
+    out: &'a mut String,
     first: bool,
-    /// The first write error; `Visit` methods cannot return one.
-    result: fmt::Result,
 }
 
-impl<W: fmt::Write> ObjectMembers<'_, W> {
-    fn member(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
-        if self.result.is_err() {
-            return;
+impl ObjectMembers<'_> {
+    fn key(&mut self, field: &Field) {
+        if !self.first {
+            self.out.push(',');
         }
+        self.first = false;
         let name = field.name();
-        let first = std::mem::replace(&mut self.first, false);
-        self.result = (|| {
-            if !first {
-                self.out.write_char(',')?;
-            }
-            write_json_string(self.out, name.strip_prefix("r#").unwrap_or(name))?;
-            self.out.write_char(':')?;
-            value(self.out)
-        })();
+        push_json_string(self.out, name.strip_prefix("r#").unwrap_or(name));
+        self.out.push(':');
     }
 }
 
-impl<W: fmt::Write> Visit for ObjectMembers<'_, W> {
+impl Visit for ObjectMembers<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.member(field, |out| write_json_string(out, value));
+        self.key(field);
+        push_json_string(self.out, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.member(field, |out| {
-            out.write_str(if value { "true" } else { "false" })
-        });
+        self.key(field);
+        self.out.push_str(if value { "true" } else { "false" });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.member(field, |out| write!(out, "{value}"));
+        self.key(field);
+        let _ = write!(self.out, "{value}");
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.member(field, |out| write!(out, "{value}"));
+        self.key(field);
+        let _ = write!(self.out, "{value}");
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.member(field, |out| {
-            if value.is_finite() {
-                write!(out, "{value}")
-            } else {
-                out.write_str("null") // JSON has no NaN or infinity
-            }
-        });
+        self.key(field);
+        if value.is_finite() {
+            let _ = write!(self.out, "{value}");
+        } else {
+            self.out.push_str("null"); // JSON has no NaN or infinity
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.key(field);
         // `%value` fields arrive here too, as Debug of a Display wrapper; the
-        // text is escaped as it is written.
-        self.member(field, |out| {
-            out.write_char('"')?;
-            write!(JsonEscaped(out), "{value:?}")?;
-            out.write_char('"')
-        });
+        // text is escaped as it is written, with no string of its own.
+        self.out.push('"');
+        let _ = write!(JsonEscaped(self.out), "{value:?}");
+        self.out.push('"');
     }
 }
 
-/// Writes `s` as a JSON string literal.
-fn write_json_string<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> fmt::Result {
-    out.write_char('"')?;
-    write_escaped(out, s)?;
-    out.write_char('"')
+/// Appends `s` as a JSON string literal.
+fn push_json_string(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push('"');
+    push_escaped(out, s);
+    out.push('"');
 }
 
-/// Writes `s` with JSON's escapes. Every byte that needs one is ASCII, so the
+/// Appends `s` with JSON's escapes. Every byte that needs one is ASCII, so the
 /// scan goes by bytes and copies the runs between them whole.
-fn write_escaped<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> fmt::Result {
-    let bytes = s.as_bytes();
+fn push_escaped(out: &mut String, s: &str) {
     let mut plain_from = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    for (i, &b) in s.as_bytes().iter().enumerate() {
         let escaped = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -159,23 +144,24 @@ fn write_escaped<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> fmt::Result {
             _ => continue,
         };
         // `i` is at an ASCII byte, so both slices end on char boundaries.
-        out.write_str(&s[plain_from..i])?;
+        out.push_str(&s[plain_from..i]);
         if escaped.is_empty() {
-            write!(out, "\\u{b:04x}")?;
+            let _ = write!(out, "\\u{b:04x}");
         } else {
-            out.write_str(escaped)?;
+            out.push_str(escaped);
         }
         plain_from = i + 1;
     }
-    out.write_str(&s[plain_from..])
+    out.push_str(&s[plain_from..]);
 }
 
 /// A text sink that escapes what goes through it for a JSON string.
-struct JsonEscaped<'a, W: fmt::Write>(&'a mut W);
+struct JsonEscaped<'a>(&'a mut String);
 
-impl<W: fmt::Write> fmt::Write for JsonEscaped<'_, W> {
+impl fmt::Write for JsonEscaped<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        write_escaped(self.0, s)
+        push_escaped(self.0, s);
+        Ok(())
     }
 }
 
