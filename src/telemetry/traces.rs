@@ -146,19 +146,9 @@ pub fn inject(cx: &Context, pairs: &mut Vec<(String, String)>) {
     // Written directly, as the propagator would write a sampled span context
     // without trace state: a `Context` built for each message and the
     // propagator's formatting were a few percent of the gateway's CPU.
-    let ids = rand::random::<[u8; 24]>();
-    let (trace_id, span_id) = ids.split_at(16);
-    // All-zero ids are invalid; one in 2^64 draws would need another.
-    let trace_id = if trace_id.iter().all(|&b| b == 0) {
-        &[1; 16][..]
-    } else {
-        trace_id
-    };
-    let span_id = if span_id.iter().all(|&b| b == 0) {
-        &[1; 8][..]
-    } else {
-        span_id
-    };
+    // All-zero ids are invalid, hence the `max(1)`.
+    let trace_id = rand::random::<u128>().max(1).to_be_bytes();
+    let span_id = rand::random::<u64>().max(1).to_be_bytes();
     let mut text = [0u8; 55];
     text[..3].copy_from_slice(b"00-");
     text[35] = b'-';
