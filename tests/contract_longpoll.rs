@@ -14,6 +14,7 @@ both_brokers!(
     foreign_prefix_overlong_or_unprintable_uuid_is_404,
     missing_queue_is_404,
     message_is_answered_200_with_its_body_unchanged_and_the_headers,
+    a_body_of_many_amqp_frames_is_answered_whole,
     message_with_an_error_key_is_answered_400,
     message_from_this_client_by_original_uuid_is_skipped,
     nothing_within_the_poll_timeout_is_408,
@@ -120,6 +121,21 @@ async fn message_is_answered_200_with_its_body_unchanged_and_the_headers(backend
         r.json(),
         json!({"n": 1, "text": "h\u{e9}llo", "event_key": event})
     );
+}
+
+/// On RabbitMQ the gateway asks for 32 KiB frames: a larger body travels as
+/// several body frames and must come out whole and in order.
+async fn a_body_of_many_amqp_frames_is_answered_whole(backend: Backend) {
+    let gw = TestGateway::start(backend).await;
+    let event = unique("longpoll.event.big");
+    let key = gw.subscribe(&[&event]).await;
+    let text: String = (0..60_000u32).map(|i| format!("{i:x};")).collect();
+    assert!(text.len() > 8 * 32 * 1024, "{} bytes", text.len());
+    let id = gw.emit(&event, json!({"text": text})).await;
+    let r = gw.poll(&key, 1).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.message_id(), id);
+    assert_eq!(r.json(), json!({"text": text, "event_key": event}));
 }
 
 async fn message_with_an_error_key_is_answered_400(backend: Backend) {

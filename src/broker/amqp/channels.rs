@@ -8,6 +8,13 @@
 //! kills only that channel, and the pool's recycle check drops it. Consumers live
 //! on a separate set of long-lived channels (prefetch 1 per consumer) that never
 //! carry an operation that can fail that way.
+//!
+//! An operation channel is also retired after [`DECLARES_PER_CHANNEL`] queue
+//! declares and binds: lapin keeps, per channel and until it closes, a record of
+//! every queue and binding declared on it (for a topology recovery this gateway
+//! does not use). Subscription queues expire on the broker without lapin hearing
+//! of it, so a channel kept for days would keep a record of every subscription
+//! it ever declared or probed (~1–2 KB each: a leak that grows with traffic).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -58,33 +65,50 @@ async fn open_channel(connections: &Connections) -> Result<lapin::Channel, Broke
     }
 }
 
+/// Queue declares (passive ones too) and binds an operation channel carries
+/// before it is closed and replaced, which bounds what lapin remembers of them
+/// (module comment). Reopening costs two round trips per this many declares.
+pub(crate) const DECLARES_PER_CHANNEL: u32 = 64;
+
 /// Creates confirm-mode channels for operations.
 pub(crate) struct OpChannelManager {
     pub(crate) connections: Connections,
 }
 
+/// A pooled operation channel and the declares it has carried.
+pub(crate) struct PooledChannel {
+    channel: lapin::Channel,
+    declares: u32,
+}
+
 impl managed::Manager for OpChannelManager {
-    type Type = lapin::Channel;
+    type Type = PooledChannel;
     type Error = BrokerError;
 
-    async fn create(&self) -> Result<lapin::Channel, BrokerError> {
+    async fn create(&self) -> Result<PooledChannel, BrokerError> {
         let channel = open_channel(&self.connections).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| from_lapin_on(&e, &[]))?;
-        Ok(channel)
+        Ok(PooledChannel {
+            channel,
+            declares: 0,
+        })
     }
 
     async fn recycle(
         &self,
-        channel: &mut lapin::Channel,
+        pooled: &mut PooledChannel,
         _: &PoolMetrics,
     ) -> RecycleResult<BrokerError> {
-        if channel.status().connected() {
-            Ok(())
-        } else {
+        if !pooled.channel.status().connected() {
             Err(RecycleError::message("channel closed"))
+        } else if pooled.declares >= DECLARES_PER_CHANNEL {
+            // Dropped by the pool, which closes it; the next checkout opens another.
+            Err(RecycleError::message("channel retired after its declares"))
+        } else {
+            Ok(())
         }
     }
 }
@@ -105,15 +129,28 @@ impl OpChannel {
     pub(crate) fn done(mut self) {
         drop(self.0.take());
     }
+
+    /// The operation succeeded after `declares` queue declares or binds, which
+    /// lapin records on the channel: it may serve the next one until it has
+    /// carried [`DECLARES_PER_CHANNEL`] of them.
+    pub(crate) fn done_after_declares(mut self, declares: usize) {
+        if let Some(pooled) = self.0.as_mut() {
+            let declares = u32::try_from(declares).unwrap_or(u32::MAX);
+            pooled.declares = pooled.declares.saturating_add(declares);
+        }
+        self.done();
+    }
 }
 
 impl std::ops::Deref for OpChannel {
     type Target = lapin::Channel;
     fn deref(&self) -> &lapin::Channel {
         // Present until done() or drop.
-        self.0
+        &self
+            .0
             .as_deref()
             .unwrap_or_else(|| unreachable!("an OpChannel is used before done()"))
+            .channel
     }
 }
 
@@ -210,6 +247,76 @@ impl ConsumerChannels {
             if let Some(ch) = taken.filter(|ch| ch.status().connected()) {
                 let _ = ch.close(200, "shutdown".into()).await;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+
+    use super::*;
+    use crate::config::{BrokerTls, BrokerUrl};
+
+    fn rabbitmq() -> Connections {
+        let url = std::env::var("LONGPOLL_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        let Ok(BrokerUrl::Amqp(url)) = BrokerUrl::parse(&url) else {
+            panic!("LONGPOLL_TEST_AMQP_URL is not an AMQP URL");
+        };
+        Connections::new(&url, "channels test".into(), 1, &BrokerTls::default())
+            .expect("a connection pool")
+    }
+
+    /// Against the real RabbitMQ: the channel that carried its share of
+    /// declares is closed and the next operation gets a fresh one.
+    #[tokio::test]
+    async fn an_operation_channel_is_replaced_after_its_declares() {
+        let pool = op_channel_pool(&rabbitmq(), 1).expect("a channel pool");
+        let metrics = Metrics::new();
+        let first = op_channel(&pool, &metrics).await.expect("a channel");
+        let first_id = first.id();
+        let queue = first
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("a server-named queue")
+            .name()
+            .clone();
+        first.done_after_declares(1);
+        for declared in 1..DECLARES_PER_CHANNEL {
+            let ch = op_channel(&pool, &metrics).await.expect("a channel");
+            assert_eq!(ch.id(), first_id, "replaced after {declared} declares");
+            ch.queue_declare(
+                queue.clone(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("a passive declare of our queue");
+            ch.done_after_declares(1);
+        }
+        let next = op_channel(&pool, &metrics).await.expect("a channel");
+        assert_ne!(next.id(), first_id, "still the same channel");
+        assert!(next.status().connected());
+        let next_id = next.id();
+        next.done();
+        // Operations that declare nothing (publishes, deletes) never retire one.
+        for _ in 0..=DECLARES_PER_CHANNEL {
+            let ch = op_channel(&pool, &metrics).await.expect("a channel");
+            assert_eq!(ch.id(), next_id);
+            ch.done();
         }
     }
 }

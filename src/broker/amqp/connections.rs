@@ -71,6 +71,29 @@ impl AuthProvider for FileCredentials {
     }
 }
 
+/// The largest AMQP frame asked for when the URL does not say (`?frame_max=`).
+/// lapin gives each connection a send and a receive buffer of 32 frames, filled
+/// with zeros, so at RabbitMQ's default (128 KiB) a connection holds 8 MiB of
+/// resident memory before it carries anything; at 32 KiB, 2 MiB. A body larger
+/// than a frame is sent as several, as AMQP does for any body.
+pub(crate) const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
+
+/// `url` with `frame_max=DEFAULT_FRAME_MAX` added to its query, unless it names one.
+pub(crate) fn with_default_frame_max(url: &str) -> String {
+    // A URL with a fragment is left alone too: nothing could be appended after it.
+    let leave_as_is = url::Url::parse(url)
+        .is_ok_and(|u| u.fragment().is_some() || u.query_pairs().any(|(k, _)| k == "frame_max"));
+    if leave_as_is {
+        return url.to_owned();
+    }
+    let sep = match url.split_once('?') {
+        Some((_, "")) => "",
+        Some(_) => "&",
+        None => "?",
+    };
+    format!("{url}{sep}frame_max={DEFAULT_FRAME_MAX}")
+}
+
 /// What a new connection is made with.
 #[derive(Clone)]
 struct ConnectionRecipe {
@@ -208,7 +231,7 @@ impl Connections {
             }
         });
         let recipe = ConnectionRecipe {
-            url: url.expose().to_owned(),
+            url: with_default_frame_max(url.expose()),
             name,
             credentials,
         };
@@ -295,5 +318,42 @@ impl std::fmt::Debug for Connections {
             Connections::Lapin(_) => "Connections::Lapin",
             Connections::Tls(_) => "Connections::Tls",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DEFAULT_FRAME_MAX, with_default_frame_max};
+
+    #[test]
+    fn a_url_without_frame_max_asks_for_the_default() {
+        let fm = DEFAULT_FRAME_MAX;
+        assert_eq!(
+            with_default_frame_max("amqp://u:p@h:5672/%2f"),
+            format!("amqp://u:p@h:5672/%2f?frame_max={fm}")
+        );
+        assert_eq!(
+            with_default_frame_max("amqps://h/vh?heartbeat=10"),
+            format!("amqps://h/vh?heartbeat=10&frame_max={fm}")
+        );
+        assert_eq!(
+            with_default_frame_max("amqp://h?"),
+            format!("amqp://h?frame_max={fm}")
+        );
+        let parsed: lapin::uri::AMQPUri = with_default_frame_max("amqp://u:p@h:5672/%2f")
+            .parse()
+            .expect("still an AMQP URI");
+        assert_eq!(parsed.query.frame_max, Some(fm));
+        assert_eq!(parsed.vhost, "/");
+    }
+
+    #[test]
+    fn a_url_that_names_a_frame_max_keeps_it() {
+        for url in [
+            "amqp://h:5672/%2f?frame_max=131072",
+            "amqp://h/?heartbeat=5&frame_max=4096",
+        ] {
+            assert_eq!(with_default_frame_max(url), url);
+        }
     }
 }

@@ -392,7 +392,7 @@ impl AmqpBroker {
             .await
             .map_err(|e| from_lapin_on(&e, &[queue, self.inner.options.exchange.as_str()]))?;
         }
-        ch.done();
+        ch.done_after_declares(event_keys.len());
         Ok(())
     }
 
@@ -604,7 +604,7 @@ impl Broker for AmqpBroker {
                     )
                     .await
                     .map_err(|e| from_lapin_on(&e, &[]))?;
-                    ch.done();
+                    ch.done_after_declares(1);
                 }
                 self.inner.missing.remove(queue);
                 self.bind(queue, event_keys).await
@@ -707,7 +707,7 @@ impl Broker for AmqpBroker {
             )
             .await
             .map_err(|e| from_lapin_on(&e, &[queue]))?;
-        ch.done();
+        ch.done_after_declares(1);
         Ok(QueueStats {
             ready: u64::from(q.message_count()),
             unacked: None,
