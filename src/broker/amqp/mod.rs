@@ -396,7 +396,7 @@ impl AmqpBroker {
         Ok(())
     }
 
-    fn to_delivery(&self, d: lapin::message::Delivery) -> Delivery {
+    fn to_delivery(&self, d: lapin::message::Delivery, channel: &lapin::Channel) -> Delivery {
         let props = &d.properties;
         let message_id: Arc<str> = match props.message_id() {
             Some(id) => id.as_str().into(),
@@ -438,7 +438,10 @@ impl AmqpBroker {
             self.inner.metrics.messages_redelivered.inc();
         }
         let acker = Acker::new(
-            Box::new(AmqpSettle { acker: d.acker }),
+            Box::new(AmqpSettle {
+                channel: channel.clone(),
+                delivery_tag: d.delivery_tag,
+            }),
             self.inner.metrics.clone(),
         )
         .with_trace(SettleTrace::for_message(&message_id, &trace_headers));
@@ -463,33 +466,46 @@ fn as_u64(v: &AMQPValue) -> Option<u64> {
     }
 }
 
+/// Settles a delivery on the channel it came on, straight through the channel:
+/// lapin's `Acker` goes through its internal RPC task, which spawns a future
+/// per ack that then sends the frame — two more task wake-ups, often across
+/// threads, for every message. The channel object is the delivery's own: once
+/// closed it refuses, where an id could name a newer channel that never saw
+/// this delivery tag.
 struct AmqpSettle {
-    acker: lapin::Acker,
+    channel: lapin::Channel,
+    delivery_tag: u64,
+}
+
+impl AmqpSettle {
+    fn closed() -> BrokerError {
+        BrokerError::new(
+            BrokerErrorKind::ChannelClosed,
+            "the delivery's channel closed before it was settled; the broker requeued it",
+        )
+    }
 }
 
 #[async_trait]
 impl Settle for AmqpSettle {
     async fn ack(&self) -> Result<(), BrokerError> {
-        match self.acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => Ok(()),
-            // Its channel closed: the broker has requeued it already.
-            Ok(false) => Err(BrokerError::new(
-                BrokerErrorKind::ChannelClosed,
-                "the delivery's channel closed before the ack; the broker requeued it",
-            )),
-            Err(e) => Err(from_lapin(&e)),
+        if !self.channel.status().connected() {
+            return Err(Self::closed());
         }
+        self.channel
+            .basic_ack(self.delivery_tag, BasicAckOptions::default())
+            .await
+            .map_err(|e| from_lapin(&e))
     }
 
     async fn requeue(&self) -> Result<(), BrokerError> {
-        match self
-            .acker
-            .reject(BasicRejectOptions { requeue: true })
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => Err(from_lapin(&e)),
+        if !self.channel.status().connected() {
+            return Ok(()); // the broker requeued it when the channel closed
         }
+        self.channel
+            .basic_reject(self.delivery_tag, BasicRejectOptions { requeue: true })
+            .await
+            .map_err(|e| from_lapin(&e))
     }
 }
 
@@ -555,7 +571,7 @@ impl Broker for AmqpBroker {
             match consumer.consumer.next().await {
                 Some(Ok(delivery)) => {
                     usage.delivered = true;
-                    return Ok(self.to_delivery(delivery));
+                    return Ok(self.to_delivery(delivery, &consumer.channel));
                 }
                 Some(Err(e)) => {
                     *active = None;
