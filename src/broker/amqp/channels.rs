@@ -206,7 +206,9 @@ pub(crate) fn record_pool_status(pool: &OpChannelPool, metrics: &Metrics) {
 /// Long-lived channels that carry consumers, handed out round-robin and
 /// reopened when found closed.
 pub(crate) struct ConsumerChannels {
-    slots: Vec<tokio::sync::Mutex<Option<lapin::Channel>>>,
+    // Shared as an `Arc`: every consumer and delivery keeps its channel, and a
+    // `lapin::Channel` is 128 bytes of reference counts to clone.
+    slots: Vec<tokio::sync::Mutex<Option<Arc<lapin::Channel>>>>,
     next: AtomicUsize,
     connections: Connections,
 }
@@ -223,7 +225,7 @@ impl ConsumerChannels {
     }
 
     /// A connected consumer channel with prefetch 1 per consumer.
-    pub(crate) async fn channel(&self) -> Result<lapin::Channel, BrokerError> {
+    pub(crate) async fn channel(&self) -> Result<Arc<lapin::Channel>, BrokerError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut slot = self.slots[i].lock().await;
         if let Some(ch) = slot.as_ref().filter(|ch| ch.status().connected()) {
@@ -236,6 +238,7 @@ impl ConsumerChannels {
             .basic_qos(1, BasicQosOptions { global: false })
             .await
             .map_err(|e| from_lapin_on(&e, &[]))?;
+        let channel = Arc::new(channel);
         *slot = Some(channel.clone());
         Ok(channel)
     }

@@ -21,14 +21,14 @@ use crate::telemetry::Metrics;
 
 /// A live `basic.consume` on one queue.
 pub(crate) struct ActiveConsumer {
-    pub(crate) channel: lapin::Channel,
+    pub(crate) channel: Arc<lapin::Channel>,
     pub(crate) consumer: lapin::Consumer,
     metrics: Arc<Metrics>,
 }
 
 impl ActiveConsumer {
     pub(crate) fn new(
-        channel: lapin::Channel,
+        channel: Arc<lapin::Channel>,
         consumer: lapin::Consumer,
         metrics: Arc<Metrics>,
     ) -> Self {

@@ -307,15 +307,13 @@ impl AmqpBroker {
         entry: &Arc<QueueEntry>,
         queue: &str,
     ) -> Result<(), BrokerError> {
-        let live =
-            |a: &Option<ActiveConsumer>| a.as_ref().is_some_and(|a| a.channel.status().connected());
-        if live(&*entry.active.lock().await) {
+        if live_consumer(&*entry.active.lock().await) {
             return Ok(());
         }
         let (broker, entry, queue) = (self.clone(), entry.clone(), queue.to_owned());
         tokio::spawn(async move {
             let mut active = entry.active.lock().await;
-            if live(&active) {
+            if live_consumer(&active) {
                 return Ok(());
             }
             *active = None;
@@ -396,7 +394,7 @@ impl AmqpBroker {
         Ok(())
     }
 
-    fn to_delivery(&self, d: lapin::message::Delivery, channel: &lapin::Channel) -> Delivery {
+    fn to_delivery(&self, d: lapin::message::Delivery, channel: &Arc<lapin::Channel>) -> Delivery {
         let props = &d.properties;
         let message_id: Arc<str> = match props.message_id() {
             Some(id) => id.as_str().into(),
@@ -456,6 +454,13 @@ impl AmqpBroker {
     }
 }
 
+/// A consumer is there and its channel is open.
+fn live_consumer(active: &Option<ActiveConsumer>) -> bool {
+    active
+        .as_ref()
+        .is_some_and(|a| a.channel.status().connected())
+}
+
 fn as_u64(v: &AMQPValue) -> Option<u64> {
     match v {
         AMQPValue::LongLongInt(i) => u64::try_from(*i).ok(),
@@ -473,7 +478,7 @@ fn as_u64(v: &AMQPValue) -> Option<u64> {
 /// closed it refuses, where an id could name a newer channel that never saw
 /// this delivery tag.
 struct AmqpSettle {
-    channel: lapin::Channel,
+    channel: Arc<lapin::Channel>,
     delivery_tag: u64,
 }
 
@@ -546,8 +551,12 @@ impl Broker for AmqpBroker {
             delivered: false,
         };
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        // The rare paths (broker down, consumer to start, backoff) are boxed, so
+        // that the future every held poll keeps is sized for the wait alone.
         loop {
-            self.wait_connected().await;
+            if self.connectivity() != Connectivity::Connected {
+                Box::pin(self.wait_connected()).await;
+            }
             if self.inner.stop.is_cancelled() {
                 return Err(BrokerError::new(
                     BrokerErrorKind::Unavailable,
@@ -555,16 +564,22 @@ impl Broker for AmqpBroker {
                 ));
             }
             let entry = usage.entry.clone();
-            match self.ensure_consumer(&entry, queue).await {
-                Ok(()) => {}
-                Err(e) if e.is_recoverable() => {
-                    tracing::debug!(error = %e, "cannot consume yet; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    continue;
+            let live = entry.active.try_lock().is_ok_and(|a| live_consumer(&a));
+            if !live {
+                match Box::pin(self.ensure_consumer(&entry, queue)).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_recoverable() => {
+                        tracing::debug!(error = %e, "cannot consume yet; retrying");
+                        Box::pin(tokio::time::sleep(backoff.next_delay())).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
-            let mut active = entry.active.lock().await;
+            let mut active = match entry.active.try_lock() {
+                Ok(active) => active,
+                Err(_) => Box::pin(entry.active.lock()).await,
+            };
             let Some(consumer) = active.as_mut() else {
                 continue; // retired in between: start again
             };
@@ -588,7 +603,7 @@ impl Broker for AmqpBroker {
                 }
             }
             drop(active);
-            tokio::time::sleep(backoff.next_delay()).await;
+            Box::pin(tokio::time::sleep(backoff.next_delay())).await;
         }
     }
 
