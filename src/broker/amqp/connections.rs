@@ -80,16 +80,18 @@ pub(crate) const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
 
 /// `url` with `frame_max=DEFAULT_FRAME_MAX` added to its query, unless it names one.
 pub(crate) fn with_default_frame_max(url: &str) -> String {
-    // A URL with a fragment is left alone too: nothing could be appended after it.
-    let leave_as_is = url::Url::parse(url)
-        .is_ok_and(|u| u.fragment().is_some() || u.query_pairs().any(|(k, _)| k == "frame_max"));
-    if leave_as_is {
+    // `BrokerUrl::parse` has checked it is a URL. One with a fragment is left
+    // alone too: nothing could be appended after it.
+    let Ok(parsed) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    if parsed.fragment().is_some() || parsed.query_pairs().any(|(k, _)| k == "frame_max") {
         return url.to_owned();
     }
-    let sep = match url.split_once('?') {
-        Some((_, "")) => "",
-        Some(_) => "&",
+    let sep = match parsed.query() {
         None => "?",
+        Some("") => "",
+        Some(_) => "&",
     };
     format!("{url}{sep}frame_max={DEFAULT_FRAME_MAX}")
 }

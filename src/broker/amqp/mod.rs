@@ -307,9 +307,7 @@ impl AmqpBroker {
         entry: &Arc<QueueEntry>,
         queue: &str,
     ) -> Result<(), BrokerError> {
-        if live_consumer(&*entry.active.lock().await) {
-            return Ok(());
-        }
+        // The caller found none live; the task checks again under the lock.
         let (broker, entry, queue) = (self.clone(), entry.clone(), queue.to_owned());
         tokio::spawn(async move {
             let mut active = entry.active.lock().await;
@@ -454,6 +452,15 @@ impl AmqpBroker {
     }
 }
 
+/// The entry's consumer slot. Waiting for it (rare: a superseded poll still
+/// holds it) is boxed, so that a held poll's future is not sized for it.
+async fn consumer_slot(entry: &QueueEntry) -> tokio::sync::MutexGuard<'_, Option<ActiveConsumer>> {
+    match entry.active.try_lock() {
+        Ok(active) => active,
+        Err(_) => Box::pin(entry.active.lock()).await,
+    }
+}
+
 /// A consumer is there and its channel is open.
 fn live_consumer(active: &Option<ActiveConsumer>) -> bool {
     active
@@ -482,20 +489,14 @@ struct AmqpSettle {
     delivery_tag: u64,
 }
 
-impl AmqpSettle {
-    fn closed() -> BrokerError {
-        BrokerError::new(
-            BrokerErrorKind::ChannelClosed,
-            "the delivery's channel closed before it was settled; the broker requeued it",
-        )
-    }
-}
-
 #[async_trait]
 impl Settle for AmqpSettle {
     async fn ack(&self) -> Result<(), BrokerError> {
         if !self.channel.status().connected() {
-            return Err(Self::closed());
+            return Err(BrokerError::new(
+                BrokerErrorKind::ChannelClosed,
+                "the delivery's channel closed before the ack; the broker requeued it",
+            ));
         }
         self.channel
             .basic_ack(self.delivery_tag, BasicAckOptions::default())
@@ -564,8 +565,9 @@ impl Broker for AmqpBroker {
                 ));
             }
             let entry = usage.entry.clone();
-            let live = entry.active.try_lock().is_ok_and(|a| live_consumer(&a));
-            if !live {
+            let mut active = consumer_slot(&entry).await;
+            if !live_consumer(&active) {
+                drop(active);
                 match Box::pin(self.ensure_consumer(&entry, queue)).await {
                     Ok(()) => {}
                     Err(e) if e.is_recoverable() => {
@@ -575,11 +577,8 @@ impl Broker for AmqpBroker {
                     }
                     Err(e) => return Err(e),
                 }
+                active = consumer_slot(&entry).await;
             }
-            let mut active = match entry.active.try_lock() {
-                Ok(active) => active,
-                Err(_) => Box::pin(entry.active.lock()).await,
-            };
             let Some(consumer) = active.as_mut() else {
                 continue; // retired in between: start again
             };
