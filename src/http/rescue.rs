@@ -16,6 +16,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::Request;
+use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
 use crate::broker::{Broker, Connectivity};
@@ -112,7 +113,7 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = RescueFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // The load shedder below is always ready (it refuses in its `call`
@@ -136,26 +137,63 @@ where
         let held = Held::new(&self.metrics, trace);
         // Called here, not in the future: a held poll's future then holds the
         // stack's future only, not the request and a readied copy of the stack.
-        let answer = match self.not_ready.take() {
-            Some(e) => Err(e),
-            None => Ok(self.inner.call(req)),
+        let (inner, not_ready) = match self.not_ready.take() {
+            Some(e) => (None, Some(e)),
+            None => (Some(self.inner.call(req)), None),
         };
-        let metrics = self.metrics.clone();
-        let broker = self.broker.clone();
-        Box::pin(async move {
-            let result = match answer {
-                Ok(answer) => answer.await.map_err(Into::into),
-                Err(e) => Err(e),
-            };
-            let response = match result {
-                Ok(response) => response,
-                Err(e) => rescue(e, started, broker.as_ref()),
-            };
-            let status = response.status().as_u16();
+        RescueFuture {
+            inner,
+            not_ready,
+            started,
+            held: Some(held),
+            metrics: self.metrics.clone(),
+            broker: self.broker.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`PollRescue`]: the stack's future, held inline (an
+    /// `async` block awaiting it would keep it twice, and boxing it costs an
+    /// allocation per poll).
+    pub struct RescueFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        not_ready: Option<BoxError>,
+        started: Instant,
+        held: Option<Held>,
+        metrics: Arc<Metrics>,
+        broker: Arc<dyn Broker>,
+    }
+}
+
+impl<F, E> Future for RescueFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let result = match this.inner.as_mut().as_pin_mut() {
+            Some(answer) => std::task::ready!(answer.poll(cx)).map_err(Into::into),
+            None => Err(this
+                .not_ready
+                .take()
+                .unwrap_or_else(|| "poll future polled after completion".into())),
+        };
+        this.inner.set(None);
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => rescue(e, *this.started, this.broker.as_ref()),
+        };
+        let status = response.status().as_u16();
+        if let Some(held) = this.held.take() {
             held.answered(status);
-            metrics.poll_answered(status, started.elapsed());
-            Ok(response)
-        })
+        }
+        this.metrics.poll_answered(status, this.started.elapsed());
+        Poll::Ready(Ok(response))
     }
 }
 

@@ -35,7 +35,6 @@ use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tower::timeout::TimeoutLayer;
-use tower::util::BoxCloneSyncService;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -49,9 +48,6 @@ use crate::longpoll::{PollContext, QueueRules, SequenceDedupLayer, handle_poll};
 use crate::telemetry::key_hash;
 use crate::telemetry::traces;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-
-/// The poll stack as one cloneable service.
-pub type PollService = BoxCloneSyncService<Request<Body>, Response, Infallible>;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -90,8 +86,19 @@ impl MakeRequestId for NewRequestId {
 }
 
 /// The long-poll stack, outermost first (see the module docs for why each layer
-/// sits where it does).
-pub fn poll_stack(state: &AppState) -> PollService {
+/// sits where it does). Not boxed here: the router boxes it once (a second box
+/// would cost an allocation per poll and a pointer chase per wake-up).
+pub fn poll_stack(
+    state: &AppState,
+) -> impl tower::Service<
+    Request<Body>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
     let settings = &state.settings;
     let rules = QueueRules::new(settings.queue_prefix.clone());
     // One shared context: a request clones one `Arc`, not each of its parts.
@@ -104,7 +111,7 @@ pub fn poll_stack(state: &AppState) -> PollService {
     let handler = tower::service_fn(move |req: Request<Body>| {
         handle_poll(ctx.clone(), req).map(Ok::<_, Infallible>)
     });
-    let stack = ServiceBuilder::new()
+    ServiceBuilder::new()
         .option_layer(cors_layer(&settings.cors_origins))
         .layer(PollRescueLayer::new(
             state.metrics.clone(),
@@ -114,8 +121,7 @@ pub fn poll_stack(state: &AppState) -> PollService {
         .layer(GlobalConcurrencyLimitLayer::new(settings.max_polls))
         .layer(TimeoutLayer::new(settings.poll_timeout))
         .layer(SequenceDedupLayer::new(state.store.clone(), rules))
-        .service(handler);
-    BoxCloneSyncService::new(stack)
+        .service(handler)
 }
 
 /// CORS for pages on other origins that poll (none configured: no CORS headers).

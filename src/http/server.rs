@@ -225,7 +225,11 @@ pub async fn serve(
             let io = TokioIo::new(stream);
             let result = match protocol {
                 Protocol::Http1 => watcher.watch(http1.serve_connection(io, service)).await,
-                Protocol::Http2 => watcher.watch(http2.serve_connection(io, service)).await,
+                // Boxed: an HTTP/2 connection's state is twice an HTTP/1 one's,
+                // and every connection's task would otherwise be sized for it.
+                Protocol::Http2 => {
+                    Box::pin(watcher.watch(http2.serve_connection(io, service))).await
+                }
             };
             if let Err(e) = result {
                 tracing::trace!(error = %e, "connection ended with an error");

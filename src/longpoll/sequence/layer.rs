@@ -11,6 +11,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::Request;
+use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
 use tower::{Layer, Service};
 
 use super::store::{Decision, Previous, SequenceStore, Signal, Waiting};
@@ -64,7 +66,7 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response, Infallible>>;
+    type Future = SequenceFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -77,7 +79,11 @@ where
         let poll = match parse_query(req.uri().query()) {
             Ok(PollQuery::Poll(p)) if self.rules.accepts(&p.uuid) => p,
             // Probes, 400s and 404s carry no sequence state.
-            _ => return Box::pin(inner.call(req)),
+            _ => {
+                return SequenceFuture::Passthrough {
+                    inner: inner.call(req),
+                };
+            }
         };
         // Everything that needs the request happens here, before the future:
         // a held poll's future then holds the handler's future, the ticket and
@@ -92,12 +98,10 @@ where
                     t.poll(&poll.uuid, poll.sequence);
                     t.replayed(&answer.message_id);
                 }
-                let response = PollOutcome::Replay(answer).into_response();
-                return Box::pin(std::future::ready(Ok(response)));
+                return SequenceFuture::answered(PollOutcome::Replay(answer));
             }
             Decision::Stale { last_answered } => {
-                let response = PollOutcome::Stale { last_answered }.into_response();
-                return Box::pin(std::future::ready(Ok(response)));
+                return SequenceFuture::answered(PollOutcome::Stale { last_answered });
             }
             Decision::Wait(w) => w,
         };
@@ -118,7 +122,7 @@ where
             sequence,
             seen: None,
         });
-        let mut ticket = Ticket {
+        let ticket = Ticket {
             store: self.store.clone(),
             uuid: poll.uuid,
             ticket,
@@ -126,40 +130,100 @@ where
         };
         let trace = req.extensions().get::<PollTrace>().cloned();
         // The handler does its checks now but waits on the broker only when
-        // polled, after the previous answer is settled below.
-        let response = inner.call(req);
-        Box::pin(async move {
-            if let Some(previous) = previous {
-                settle_previous(previous, sequence).await;
-            }
-            tokio::select! {
-                biased;
-                response = response => {
-                    let Ok(mut response) = response;
+        // polled, after the previous answer is settled. The settling is boxed:
+        // it is over within the first polls, and a held poll's future need
+        // not be sized for it.
+        SequenceFuture::Waiting {
+            settle: previous.map(|p| -> BoxFuture<()> { Box::pin(settle_previous(p, sequence)) }),
+            response: inner.call(req),
+            signals,
+            ticket,
+            trace,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`SequenceDedup`]. Written out rather than an `async`
+    /// block: a block that awaits the handler's future it captured keeps two
+    /// places for it, and a boxed one costs an allocation per poll. This one
+    /// holds the handler's future once, inline, for the whole wait.
+    #[project = SequenceProj]
+    pub enum SequenceFuture<F> {
+        /// Probes, 400s and 404s: the handler's answer as it is.
+        Passthrough { #[pin] inner: F },
+        /// A replay or a 409 decided before the handler was called.
+        Answered { response: Option<Response> },
+        /// A poll waiting for its message, for a newer poll, or for a replay.
+        Waiting {
+            settle: Option<BoxFuture<()>>,
+            #[pin]
+            response: F,
+            signals: oneshot::Receiver<Signal>,
+            ticket: Ticket,
+            trace: Option<PollTrace>,
+        },
+    }
+}
+
+impl<F> SequenceFuture<F> {
+    fn answered(outcome: PollOutcome) -> Self {
+        SequenceFuture::Answered {
+            response: Some(outcome.into_response()),
+        }
+    }
+}
+
+impl<F> Future for SequenceFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            SequenceProj::Passthrough { inner } => inner.poll(cx),
+            SequenceProj::Answered { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => panic!("SequenceFuture polled after completion"),
+            },
+            SequenceProj::Waiting {
+                settle,
+                response,
+                signals,
+                ticket,
+                trace,
+            } => {
+                if let Some(settling) = settle {
+                    std::task::ready!(settling.as_mut().poll(cx));
+                    *settle = None;
+                }
+                // The handler's answer first: when both are ready, the
+                // message it holds is answered rather than requeued.
+                if let Poll::Ready(Ok(mut response)) = response.poll(cx) {
                     let delivered = response.extensions_mut().remove::<DeliveredAnswer>();
                     let answer = delivered.map(|d| {
                         let acker = d.take_acker();
                         (d.answer, acker)
                     });
                     requeue(ticket.finish(answer));
-                    Ok(response)
+                    return Poll::Ready(Ok(response));
                 }
-                signal = signals => {
-                    let outcome = match signal {
-                        Ok(Signal::Replay(answer)) => {
-                            if let Some(t) = &trace {
-                                t.replayed(&answer.message_id);
-                            }
-                            PollOutcome::Replay(answer)
+                let signal = std::task::ready!(Pin::new(signals).poll(cx));
+                let outcome = match signal {
+                    Ok(Signal::Replay(answer)) => {
+                        if let Some(t) = trace.as_ref() {
+                            t.replayed(&answer.message_id);
                         }
-                        // A dropped sender means the slot was reset: treat as superseded.
-                        Ok(Signal::Superseded) | Err(_) => PollOutcome::Superseded,
-                    };
-                    requeue(ticket.finish(None));
-                    Ok(outcome.into_response())
-                }
+                        PollOutcome::Replay(answer)
+                    }
+                    // A dropped sender means the slot was reset: treat as superseded.
+                    Ok(Signal::Superseded) | Err(_) => PollOutcome::Superseded,
+                };
+                requeue(ticket.finish(None));
+                Poll::Ready(Ok(outcome.into_response()))
             }
-        })
+        }
     }
 }
 
