@@ -28,9 +28,9 @@ static JEMALLOC_CONF: &[u8; 85] =
 
 /// Returns the allocator's unused dirty pages to the system once a second, on
 /// a thread of its own (a purge after a burst can take milliseconds: not on a
-/// runtime worker). jemalloc's background thread wakes for an arena only once
-/// it has gathered ~1,000 new dirty pages, so what stayed below that stayed
-/// resident for good: on RabbitMQ, where setting up thousands of consumers
+/// runtime worker). While jemalloc's background thread is on, no other thread
+/// purges, and it wakes for an arena only once that arena has 1,024 new dirty
+/// pages, so what stayed below that stayed resident for good: on RabbitMQ, where setting up thousands of consumers
 /// frees pages on several threads' arenas, ~2 KB per held poll (8,000 held:
 /// 13.0–14.8 KB without this, 12.3–12.6 KB with it; benches/README.md). A
 /// page freed within the last second and allocated again is faulted in anew:
