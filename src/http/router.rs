@@ -51,24 +51,39 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The public router.
-pub fn app(state: &AppState) -> Router {
-    Router::new()
+/// The public service: the routes behind the request-id and trace layers.
+///
+/// The layers wrap the router rather than go in through `Router::layer`: axum
+/// would wrap each route in them and box the result, two boxed futures more
+/// per request (and per held poll). Out here their futures sit inline in the
+/// one hyper keeps per connection.
+pub fn app(
+    state: &AppState,
+) -> impl tower::Service<
+    Request<Body>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
+    let routes = Router::new()
         .merge(crate::api::routes(state.api.clone()))
         .merge(super::assets::routes())
-        .fallback_service(poll_stack(state))
+        .fallback_service(poll_stack(state));
+    ServiceBuilder::new()
+        .map_response(axum::response::IntoResponse::into_response)
+        .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(make_span)
-                        .on_response(DefaultOnResponse::new().level(Level::DEBUG))
-                        // 503 while draining and 408s are normal for long-polls.
-                        .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-                ),
+            TraceLayer::new_for_http()
+                .make_span_with(make_span)
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                // 503 while draining and 408s are normal for long-polls.
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
+        .service(routes)
 }
 
 /// `x-request-id` for a request that comes without one: a v4 UUID, written

@@ -19,7 +19,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use futures_util::future::Either;
 use hyper::body::Incoming;
@@ -77,17 +76,21 @@ impl Default for ServerOptions {
 /// and the header values are detached from hyper's buffer — not when the router's future
 /// is first polled: by then hyper has read on (see [`super::head`]).
 #[derive(Clone)]
-struct HeadDetachingService {
-    router: Router,
+struct HeadDetachingService<S> {
+    router: S,
     limits: ConnectionLimits,
 }
 
-impl hyper::service::Service<http::Request<Incoming>> for HeadDetachingService {
+impl<S> hyper::service::Service<http::Request<Incoming>> for HeadDetachingService<S>
+where
+    S: tower::Service<http::Request<Body>, Response = axum::response::Response, Error = Infallible>
+        + Clone,
+{
     type Response = axum::response::Response;
     type Error = Infallible;
     type Future = Either<
         std::future::Ready<Result<axum::response::Response, Infallible>>,
-        Oneshot<Router, http::Request<Body>>,
+        Oneshot<S, http::Request<Body>>,
     >;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
@@ -155,12 +158,15 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
 
 /// Serves `router` on `listener` until `shutdown` begins draining, then stops
 /// accepting and waits up to the drain timeout for open connections.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: Shutdown,
-    options: ServerOptions,
-) {
+pub async fn serve<S>(listener: TcpListener, router: S, shutdown: Shutdown, options: ServerOptions)
+where
+    S: tower::Service<http::Request<Body>, Response = axum::response::Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let limits = options.limits;
     let mut http1 = http1::Builder::new();
     http1
