@@ -10,7 +10,11 @@ pub mod rescue;
 pub mod router;
 pub mod server;
 
+use std::convert::Infallible;
 use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::Response;
 
 use crate::api::ApiState;
 use crate::broker::Broker;
@@ -20,6 +24,35 @@ use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 
 pub use router::app;
+
+/// What a listener serves, and what the router's parts are: a cloneable
+/// service that answers every request (errors are answers already), whose
+/// future can move between threads.
+pub trait HttpService:
+    tower::Service<
+        http::Request<Body>,
+        Response = Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: tower::Service<
+            http::Request<Body>,
+            Response = Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
 
 /// Everything the routers share, built once by [`crate::gateway`].
 #[derive(Clone)]

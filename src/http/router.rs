@@ -27,7 +27,6 @@ use std::convert::Infallible;
 
 use axum::Router;
 use axum::body::Body;
-use axum::response::Response;
 use futures_util::FutureExt;
 use http::Request;
 use http::header::{HeaderName, HeaderValue};
@@ -42,8 +41,8 @@ use tower_http::request_id::{
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use super::AppState;
 use super::rescue::PollRescueLayer;
+use super::{AppState, HttpService};
 use crate::longpoll::{PollContext, QueueRules, SequenceDedupLayer, handle_poll};
 use crate::telemetry::key_hash;
 use crate::telemetry::traces;
@@ -57,17 +56,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// would wrap each route in them and box the result, two boxed futures more
 /// per request (and per held poll). Out here their futures sit inline in the
 /// one hyper keeps per connection.
-pub fn app(
-    state: &AppState,
-) -> impl tower::Service<
-    Request<Body>,
-    Response = Response,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response, Infallible>> + Send + 'static,
-> + Clone
-+ Send
-+ Sync
-+ 'static {
+pub fn app(state: &AppState) -> impl HttpService {
     let routes = Router::new()
         .merge(crate::api::routes(state.api.clone()))
         .merge(super::assets::routes())
@@ -103,17 +92,7 @@ impl MakeRequestId for NewRequestId {
 /// The long-poll stack, outermost first (see the module docs for why each layer
 /// sits where it does). Not boxed here: the router boxes it once (a second box
 /// would cost an allocation per poll and a pointer chase per wake-up).
-pub fn poll_stack(
-    state: &AppState,
-) -> impl tower::Service<
-    Request<Body>,
-    Response = Response,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response, Infallible>> + Send + 'static,
-> + Clone
-+ Send
-+ Sync
-+ 'static {
+pub fn poll_stack(state: &AppState) -> impl HttpService {
     let settings = &state.settings;
     let rules = QueueRules::new(settings.queue_prefix.clone());
     // One shared context: a request clones one `Arc`, not each of its parts.

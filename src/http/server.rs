@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 
+use super::HttpService;
 use super::head::{detach_header_values, over_limits};
 use crate::config::{ConnectionLimits, Settings};
 use crate::shutdown::Shutdown;
@@ -81,11 +82,7 @@ struct HeadDetachingService<S> {
     limits: ConnectionLimits,
 }
 
-impl<S> hyper::service::Service<http::Request<Incoming>> for HeadDetachingService<S>
-where
-    S: tower::Service<http::Request<Body>, Response = axum::response::Response, Error = Infallible>
-        + Clone,
-{
+impl<S: HttpService> hyper::service::Service<http::Request<Incoming>> for HeadDetachingService<S> {
     type Response = axum::response::Response;
     type Error = Infallible;
     type Future = Either<
@@ -158,15 +155,12 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
 
 /// Serves `router` on `listener` until `shutdown` begins draining, then stops
 /// accepting and waits up to the drain timeout for open connections.
-pub async fn serve<S>(listener: TcpListener, router: S, shutdown: Shutdown, options: ServerOptions)
-where
-    S: tower::Service<http::Request<Body>, Response = axum::response::Response, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+pub async fn serve(
+    listener: TcpListener,
+    router: impl HttpService,
+    shutdown: Shutdown,
+    options: ServerOptions,
+) {
     let limits = options.limits;
     let mut http1 = http1::Builder::new();
     http1
