@@ -179,4 +179,22 @@ async fn lp_load_drives_raw_amqp_baselines_and_reports_json() {
     ])
     .await;
     assert_delivered_everything(&pipe);
+
+    let queues = lp_load_report(&[
+        "--target",
+        "raw-queues",
+        "--subscribers",
+        "5",
+        "--duration",
+        "1s",
+        "--rate",
+        "50",
+        "--raw-connections",
+        "1",
+        "--pid",
+        &std::process::id().to_string(),
+    ])
+    .await;
+    assert_delivered_everything(&queues);
+    assert_eq!(queues["subscribers"], 5, "{queues}");
 }

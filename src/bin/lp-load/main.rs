@@ -15,6 +15,9 @@
 //!   one queue per subscriber, and per message consume → one message → ack → cancel.
 //! - `raw-pipe`: the AMQP ceiling: one queue, one consumer (prefetch 500) acking
 //!   each message.
+//! - `raw-queues`: the gateway's AMQP topology without HTTP: one queue per
+//!   subscriber, each with one consumer (prefetch 1) kept for the whole run,
+//!   acking each message — RabbitMQ's own cost and latency under the gateway.
 //!
 //! Every event is a ~250-byte JSON object carrying its send time (`sent_at_us`);
 //! a publisher offers `--rate` events/s (0 = as fast as it goes) for `--duration`,
@@ -32,6 +35,7 @@
 //!         --api-token T --subscribers 1000 --duration 20s --pid $(pidof longpoll-gateway)
 //! lp-load --target nchan --subscribers 1000 --duration 20s
 //! lp-load --target raw-consume --subscribers 1000 --duration 20s
+//! lp-load --target raw-queues --subscribers 1000 --duration 20s --rate 5000
 //! lp-load --target nchan --hold-only --subscribers 19000 --duration 10s
 //! ```
 
@@ -66,6 +70,8 @@ pub enum TargetKind {
     RawConsume,
     /// RabbitMQ, one queue, one consumer with prefetch (the AMQP ceiling).
     RawPipe,
+    /// RabbitMQ, a queue per subscriber with one consumer each, kept (the gateway's topology).
+    RawQueues,
 }
 
 impl TargetKind {
@@ -75,6 +81,7 @@ impl TargetKind {
             TargetKind::Nchan => "nchan",
             TargetKind::RawConsume => "raw-consume",
             TargetKind::RawPipe => "raw-pipe",
+            TargetKind::RawQueues => "raw-queues",
         }
     }
 }
@@ -158,7 +165,7 @@ pub struct Args {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp: String,
-    /// raw-consume: AMQP connections the subscribers' channels are spread over.
+    /// raw-consume, raw-queues: AMQP connections the subscribers' channels are spread over.
     #[arg(long, default_value_t = 4)]
     raw_connections: usize,
     /// raw-pipe: the consumer's prefetch.
@@ -743,7 +750,9 @@ async fn build_target(args: &Args) -> Result<Target, BoxError> {
     Ok(match args.target {
         TargetKind::Gateway => Target::Gateway(gateway::Gateway::new(args)?),
         TargetKind::Nchan => Target::Nchan(nchan::Nchan::start(args).await?),
-        TargetKind::RawConsume | TargetKind::RawPipe => Target::Raw(raw::Raw::new(args)),
+        TargetKind::RawConsume | TargetKind::RawPipe | TargetKind::RawQueues => {
+            Target::Raw(raw::Raw::new(args))
+        }
     })
 }
 

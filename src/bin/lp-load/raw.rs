@@ -6,6 +6,9 @@
 //!   Each subscriber has a channel of its own, spread over `--raw-connections`.
 //! - `raw-pipe` is the AMQP ceiling on this machine: one queue, one consumer
 //!   with prefetch `--raw-prefetch`, acking every message on its own.
+//! - `raw-queues` is the gateway's topology without HTTP: one queue per
+//!   subscriber with one consumer (prefetch 1) each, kept for the whole run and
+//!   acking every message; channels spread over `--raw-connections`.
 //!
 //! Events go through a topic exchange bound per queue, published non-persistent
 //! with publisher confirms and the properties the gateway sets, `--publishers`
@@ -35,6 +38,7 @@ use crate::{Args, BoxError, Ctx, Publish, PublishPlan, TargetKind, publish_loop}
 pub struct Raw {
     url: String,
     pipe: bool,
+    kept: bool,
     connections: usize,
     prefetch: u16,
     cancel_first: bool,
@@ -124,6 +128,7 @@ impl Raw {
         Raw {
             url: args.amqp.clone(),
             pipe: args.target == TargetKind::RawPipe,
+            kept: args.target == TargetKind::RawQueues,
             connections: args.raw_connections.max(1),
             prefetch: args.raw_prefetch.max(1),
             cancel_first: args.raw_cancel_first,
@@ -203,8 +208,8 @@ impl Raw {
             .map(|(i, (ch, q))| {
                 let (ch, q, ctx, consuming) =
                     (ch.clone(), q.clone(), ctx.clone(), self.consuming.clone());
-                if self.pipe {
-                    tokio::spawn(pipe_consumer(ch, q, ctx, consuming))
+                if self.pipe || self.kept {
+                    tokio::spawn(kept_consumer(ch, q, i, ctx, consuming))
                 } else {
                     tokio::spawn(consume_per_poll(
                         ch,
@@ -350,13 +355,21 @@ async fn consume_per_poll(
     }
 }
 
-/// The AMQP pipe: one consumer acking each message as it comes.
-async fn pipe_consumer(ch: Channel, queue: String, ctx: Arc<Ctx>, consuming: Arc<AtomicUsize>) {
+/// A consumer kept for the whole run, acking each message as it comes: the
+/// pipe's one, or one of `raw-queues`'s.
+async fn kept_consumer(
+    ch: Channel,
+    queue: String,
+    index: usize,
+    ctx: Arc<Ctx>,
+    consuming: Arc<AtomicUsize>,
+) {
     let c = &ctx.counters;
+    let tag = format!("lpload-kept-{index}");
     let mut consumer = match ch
         .basic_consume(
             queue.as_str().into(),
-            "lpload-pipe".into(),
+            tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
