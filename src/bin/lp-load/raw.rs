@@ -37,8 +37,8 @@ use crate::{Args, BoxError, Ctx, Publish, PublishPlan, TargetKind, publish_loop}
 
 pub struct Raw {
     url: String,
-    pipe: bool,
-    kept: bool,
+    /// raw-consume, raw-pipe or raw-queues.
+    target: TargetKind,
     connections: usize,
     prefetch: u16,
     cancel_first: bool,
@@ -127,8 +127,7 @@ impl Raw {
         };
         Raw {
             url: args.amqp.clone(),
-            pipe: args.target == TargetKind::RawPipe,
-            kept: args.target == TargetKind::RawQueues,
+            target: args.target,
             connections: args.raw_connections.max(1),
             prefetch: args.raw_prefetch.max(1),
             cancel_first: args.raw_cancel_first,
@@ -143,7 +142,8 @@ impl Raw {
     }
 
     pub async fn prepare(&mut self, ctx: &Arc<Ctx>, subscribers: usize) -> Result<(), BoxError> {
-        let n_conns = if self.pipe { 1 } else { self.connections };
+        let pipe = self.target == TargetKind::RawPipe;
+        let n_conns = if pipe { 1 } else { self.connections };
         for i in 0..n_conns {
             self.conns
                 .push(connect(&self.url, &format!("lp-load consumers {i}")).await?);
@@ -152,8 +152,8 @@ impl Raw {
         self.publishers_ =
             Some(AmqpPublishers::open(&self.url, &self.exchange, self.publishers, true).await?);
 
-        let queues = if self.pipe { 1 } else { subscribers };
-        let prefetch = if self.pipe { self.prefetch } else { 1 };
+        let queues = if pipe { 1 } else { subscribers };
+        let prefetch = if pipe { self.prefetch } else { 1 };
         let exchange = self.exchange.clone();
         let mut made = futures_util::stream::iter(0..queues)
             .map(|i| {
@@ -208,7 +208,7 @@ impl Raw {
             .map(|(i, (ch, q))| {
                 let (ch, q, ctx, consuming) =
                     (ch.clone(), q.clone(), ctx.clone(), self.consuming.clone());
-                if self.pipe || self.kept {
+                if self.target != TargetKind::RawConsume {
                     tokio::spawn(kept_consumer(ch, q, i, ctx, consuming))
                 } else {
                     tokio::spawn(consume_per_poll(
