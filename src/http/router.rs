@@ -170,31 +170,44 @@ fn make_span(req: &Request<Body>) -> tracing::Span {
     }
     // An incoming traceparent is honoured: the request continues that trace.
     let incoming = traces::context_from_http(req.headers());
-    let caller_or_fresh = || {
-        incoming
-            .as_ref()
-            .map(traces::trace_id_of)
-            .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()))
-    };
+    // A fresh id is written on the stack: no string of its own per request.
+    let mut fresh = [0u8; 32];
     if !traces::enabled() {
         // No span exporter: the trace id every log line of the request carries
         // is the caller's, else a fresh one, known before the span is made.
         // (Recording it afterwards makes the JSON log layer parse and rewrite
         // the span's fields: a tenth of the CPU of a poll.)
-        let trace_id = caller_or_fresh();
-        return request_span!(trace_id.as_str());
+        let trace_id = caller_or_fresh(incoming.as_ref(), &mut fresh);
+        return request_span!(&*trace_id);
     }
     let span = request_span!(tracing::field::Empty);
     if let Some(cx) = &incoming {
         let _ = span.set_parent(cx.clone());
     }
     // Spans exported: the span's own trace id (its caller's when it has one).
-    let mut trace_id = traces::trace_id_of(&span.context());
+    let mut trace_id: Cow<'_, str> = Cow::Owned(traces::trace_id_of(&span.context()));
     if trace_id.is_empty() {
-        trace_id = caller_or_fresh();
+        trace_id = caller_or_fresh(incoming.as_ref(), &mut fresh);
     }
-    span.record("trace_id", trace_id.as_str());
+    span.record("trace_id", &*trace_id);
     span
+}
+
+/// The caller's trace id, else a fresh one written into `fresh`.
+fn caller_or_fresh<'a>(
+    incoming: Option<&opentelemetry::Context>,
+    fresh: &'a mut [u8; 32],
+) -> Cow<'a, str> {
+    match incoming {
+        Some(cx) => Cow::Owned(traces::trace_id_of(cx)),
+        None => Cow::Borrowed(fresh_trace_id(fresh)),
+    }
+}
+
+/// A random 128-bit trace id in lowercase hex, written into `buf`.
+fn fresh_trace_id(buf: &mut [u8; 32]) -> &str {
+    let _ = hex::encode_to_slice(rand::random::<[u8; 16]>(), buf);
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 /// `/api/v1/subscriptions/{key}/...` → `/api/v1/subscriptions/key:{hash}/...`.
@@ -217,6 +230,18 @@ pub fn redact_path(path: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_trace_ids_are_32_hex_digits_and_differ() {
+        let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+        let (a, b) = (fresh_trace_id(&mut a), fresh_trace_id(&mut b));
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn api_paths_lose_their_keys() {

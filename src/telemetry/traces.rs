@@ -119,6 +119,11 @@ pub fn context_from_pairs(pairs: &[(String, String)]) -> Option<Context> {
 
 /// The remote context of an incoming HTTP request, if it carries a valid one.
 pub fn context_from_http(headers: &http::HeaderMap) -> Option<Context> {
+    // Most requests carry none: skip the propagator (and its copy of the
+    // current context) for them.
+    if !headers.contains_key("traceparent") {
+        return None;
+    }
     let cx = propagator().extract(&HeaderExtractor(headers));
     cx.span().span_context().is_valid().then_some(cx)
 }
@@ -453,6 +458,22 @@ pub fn pairs_to_map(pairs: &[(String, String)]) -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_requests_traceparent_is_its_context_and_none_without_one() {
+        let mut headers = http::HeaderMap::new();
+        assert!(context_from_http(&headers).is_none());
+        headers.insert(
+            "traceparent",
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        );
+        let cx = context_from_http(&headers).expect("a valid traceparent");
+        assert_eq!(trace_id_of(&cx), "4bf92f3577b34da6a3ce929d0e0e4736");
+        headers.insert("traceparent", http::HeaderValue::from_static("00-nonsense"));
+        assert!(context_from_http(&headers).is_none());
+    }
 
     #[test]
     fn a_traceparent_survives_inject_and_extract() {
