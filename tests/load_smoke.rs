@@ -51,6 +51,19 @@ async fn lp_load_drives_a_gateway_and_reports_json() {
         assert_eq!(report["errors"]["duplicates_dropped"], 0);
         assert!(report["latency_ms"]["samples"].as_u64().unwrap() > 0);
         assert!(report["server"]["rss_base_bytes"].as_u64().unwrap() > 0);
+        if backend == Backend::Memory {
+            // A tidy client: the run's subscriptions are deleted at its end.
+            let metrics = reqwest::get(format!("{}/metrics", gw.admin))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                metrics.lines().any(|l| l == "longpoll_memory_queues 0"),
+                "{metrics}"
+            );
+        }
     }
 }
 

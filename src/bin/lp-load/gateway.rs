@@ -138,10 +138,28 @@ impl Gateway {
         tokio::spawn(publish_loop(p, ctx.clone(), plan))
     }
 
+    /// Closes the AMQP publishers and deletes the subscriptions made for the run,
+    /// as a tidy client does: left to expire, their RabbitMQ queues would be
+    /// deleted by the broker `--subscription-expiry` later, in the middle of
+    /// whatever runs next on the machine. Best effort, and bounded in time.
     pub async fn finish(self) {
         if let Some(amqp) = &self.amqp {
             amqp.close().await;
         }
+        let deletes = futures_util::stream::iter(self.keys.iter().filter(|k| !k.is_empty()))
+            .map(|key| {
+                let request = self
+                    .client
+                    .delete(format!("{}/api/v1/subscriptions/{key}", self.base))
+                    .bearer_auth(&self.token)
+                    .timeout(Duration::from_secs(10));
+                async move {
+                    let _ = request.send().await;
+                }
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<()>>();
+        let _ = tokio::time::timeout(Duration::from_secs(60), deletes).await;
     }
 }
 
