@@ -90,10 +90,12 @@ pub fn app(state: &AppState) -> impl HttpService {
 /// Through the router a poll's future is boxed twice (the fallback is a boxed
 /// service inside a boxed route) and the stack is cloned into a box of its own;
 /// here the stack is cloned out of an `Arc` and its future sits inline in the
-/// one hyper keeps per connection: ~1 KB less per held poll. The stack is
-/// behind an `Arc` so that the service every connection clones stays small.
-/// Every route's path starts with one of [`ROUTED_PREFIXES`], so each request
-/// gets the answer the router alone would give it.
+/// one hyper keeps per connection: ~1 KB less heap per held poll (0.3 KB
+/// resident). The stack is behind an `Arc` so that the service every
+/// connection clones stays small. Every route's path starts with one of
+/// [`ROUTED_PREFIXES`], so each request gets the answer the router alone would
+/// give it; a route added outside them would never be reached, and its own
+/// tests would say so.
 #[derive(Clone)]
 struct PollsOrRoutes<P> {
     polls: std::sync::Arc<P>,

@@ -171,8 +171,9 @@ pub async fn serve(
         // (~1% of a poll's CPU), where its default uses an array left as it is.
         .max_buf_size(limits.max_header_bytes)
         // A head and its small body copied into one buffer and sent with one
-        // plain write: 3–6% less CPU per delivery than hyper's default of
-        // queueing them and sending both with `writev` (benches/README.md).
+        // plain write: ~5% less CPU per delivery than hyper's default of
+        // queueing them and sending both with `writev` (six alternated pairs,
+        // benches/README.md).
         .writev(false);
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2

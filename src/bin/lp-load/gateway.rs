@@ -158,7 +158,7 @@ impl Gateway {
                 }
             })
             .buffer_unordered(64)
-            .collect::<Vec<()>>();
+            .for_each(|()| std::future::ready(()));
         let _ = tokio::time::timeout(Duration::from_secs(60), deletes).await;
     }
 }
