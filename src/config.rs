@@ -336,8 +336,9 @@ pub struct Settings {
     pub broker_tls: BrokerTls,
 }
 
-/// Default channel pool size: enough channels that consumers are spread out and
-/// a channel error (which closes the channel) touches few of them.
+/// Default channel pool size: enough operation channels that declares, binds and
+/// publishes seldom wait for one, with 4 consumer channels beside them
+/// (`broker::amqp::channels::consumer_channel_count`).
 pub const DEFAULT_CHANNEL_POOL_SIZE: usize = 32;
 
 impl Default for Settings {

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod assets;
 pub mod head;
+pub mod request_span;
 pub mod rescue;
 pub mod router;
 pub mod server;

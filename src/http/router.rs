@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! request id (x-request-id: set if absent, echoed back)
-//! TraceLayer                 span per request; the path only, keys redacted
+//! RequestSpanLayer           span per request; the path only, keys redacted
 //! PollsOrRoutes              a path under /api, /longpoll. or /demo → the router:
 //! ├─ /api/...                management API (token, JSON)      — api::routes
 //! ├─ /longpoll[.{hash}].{js,mjs}, /demo[.css|.js]  static assets — http::assets
@@ -41,9 +41,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
-use tracing::Level;
 
+use super::request_span::RequestSpanLayer;
 use super::rescue::PollRescueLayer;
 use super::{AppState, HttpService};
 use crate::longpoll::{PollContext, QueueRules, SequenceDedupLayer, handle_poll};
@@ -74,13 +73,7 @@ pub fn app(state: &AppState) -> impl HttpService {
         .map_response(axum::response::IntoResponse::into_response)
         .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(make_span)
-                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
-                // 503 while draining and 408s are normal for long-polls.
-                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-        )
+        .layer(RequestSpanLayer::new(make_span))
         .service(routes)
 }
 

@@ -11,9 +11,10 @@ pub mod traces;
 
 pub use metrics::{Metrics, StatusLabel};
 
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::LogFormat;
 
@@ -51,13 +52,7 @@ pub fn init(format: Option<LogFormat>) -> TelemetryGuard {
     } else {
         None
     };
-    // lapin's own logs are always off, whatever RUST_LOG says: they name
-    // queues (subscription keys are bearer secrets) and log every expected
-    // 404 of a probe as an error. The gateway reports broker events itself.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,deadpool=warn"))
-        .add_directive("lapin=off".parse().expect("a valid directive"))
-        .add_directive("amq_protocol=off".parse().expect("a valid directive"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let otel = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer().with_tracer(p.tracer(traces::TRACER))
@@ -83,10 +78,97 @@ pub fn init(format: Option<LogFormat>) -> TelemetryGuard {
     TelemetryGuard { provider }
 }
 
+/// The log filter `RUST_LOG` asks for (default `info,deadpool=warn`).
+///
+/// Plain `target=level` directives go to [`Targets`]; only a filter that needs
+/// [`EnvFilter`] (span or field directives, `[...]`) gets it: `EnvFilter` takes
+/// a lock at every span entry and exit to look for span directives, ~1% of the
+/// CPU of a delivery (benches/README.md). A `RUST_LOG` neither can parse gives
+/// the default, as before. lapin's own logs are always off, whatever `RUST_LOG`
+/// says: they name queues (subscription keys are bearer secrets) and log every
+/// expected 404 of a probe as an error. The gateway reports broker events itself.
+fn log_filter(rust_log: Option<&str>) -> Box<dyn Layer<Registry> + Send + Sync> {
+    const DEFAULT: &str = "info,deadpool=warn";
+    const SILENCED: [&str; 2] = ["lapin", "amq_protocol"];
+    let spec = rust_log.map(str::trim).filter(|s| !s.is_empty());
+    let targets = match spec {
+        None => DEFAULT.parse::<Targets>().ok(),
+        Some(s) if s.contains('[') => None,
+        Some(s) => s.parse::<Targets>().ok(),
+    };
+    if let Some(targets) = targets {
+        return SILENCED
+            .iter()
+            .fold(targets, |t, target| {
+                t.with_target(*target, LevelFilter::OFF)
+            })
+            .boxed();
+    }
+    let filter = spec
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT));
+    SILENCED
+        .iter()
+        .fold(filter, |f, target| {
+            f.add_directive(format!("{target}=off").parse().expect("a valid directive"))
+        })
+        .boxed()
+}
+
 /// A short, non-reversible tag for a secret (a subscription key), for logs and
 /// traces: the first 12 hex digits of its SHA-256.
 pub fn key_hash(secret: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(secret.as_bytes());
     hex::encode(&digest[..6])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Whether (target, level) events and spans named `span` pass `rust_log`.
+    fn passes(rust_log: Option<&str>) -> [bool; 5] {
+        let subscriber = Registry::default().with(log_filter(rust_log));
+        tracing::subscriber::with_default(subscriber, || {
+            [
+                tracing::enabled!(Level::INFO),
+                tracing::enabled!(Level::DEBUG),
+                tracing::enabled!(target: "deadpool::managed", Level::INFO),
+                tracing::enabled!(target: "lapin::channel", Level::ERROR),
+                tracing::enabled!(target: "amq_protocol::frame", Level::ERROR),
+            ]
+        })
+    }
+
+    #[test]
+    fn the_default_log_filter_is_info_with_deadpool_at_warn() {
+        assert_eq!(passes(None), [true, false, false, false, false]);
+        assert_eq!(passes(Some("  ")), [true, false, false, false, false]);
+    }
+
+    #[test]
+    fn rust_log_sets_levels_and_lapin_stays_off_whatever_it_says() {
+        assert_eq!(passes(Some("debug")), [true, true, true, false, false]);
+        assert_eq!(
+            passes(Some("warn,lapin=trace,amq_protocol=debug")),
+            [false, false, false, false, false]
+        );
+    }
+
+    #[test]
+    fn span_directives_still_work_and_a_bad_rust_log_gives_the_default() {
+        let subscriber = Registry::default().with(log_filter(Some("warn,[request]=debug")));
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(!tracing::enabled!(Level::DEBUG));
+            let span = tracing::error_span!("request");
+            span.in_scope(|| assert!(tracing::enabled!(Level::DEBUG)));
+        });
+        assert_eq!(
+            passes(Some("info,=nonsense=level")),
+            [true, false, false, false, false]
+        );
+    }
 }

@@ -203,6 +203,24 @@ pub(crate) fn record_pool_status(pool: &OpChannelPool, metrics: &Metrics) {
         .set(status.size.saturating_sub(status.available) as i64);
 }
 
+/// How many pooled operation channels go with one consumer channel.
+const OP_CHANNELS_PER_CONSUMER_CHANNEL: usize = 8;
+
+/// Consumer channels for a pool of `pool_size` operation channels: one per
+/// eight, at least one (4 at the default 32).
+///
+/// Few, because every channel costs the gateway and RabbitMQ something per
+/// frame (lapin checks each channel's flow state for every frame it sends):
+/// at full speed on 2 cores, 4 consumer channels instead of 32 took ~12% off
+/// the gateway's CPU per delivery and ~5% off RabbitMQ's, for ~7% more
+/// deliveries/s; 1 or 2 saved a little more (benches/README.md). Not one:
+/// a channel error on a consumer channel (a queue deleted between its probe
+/// and its `basic.consume`) ends the consumers on it, whose polls start
+/// again on a fresh channel and whose unacked messages are redelivered.
+pub(crate) fn consumer_channel_count(pool_size: usize) -> usize {
+    pool_size.div_ceil(OP_CHANNELS_PER_CONSUMER_CHANNEL).max(1)
+}
+
 /// Long-lived channels that carry consumers, handed out round-robin and
 /// reopened when found closed.
 pub(crate) struct ConsumerChannels {
@@ -277,6 +295,15 @@ mod tests {
         };
         Connections::new(&url, "channels test".into(), 1, &BrokerTls::default())
             .expect("a connection pool")
+    }
+
+    #[test]
+    fn there_is_one_consumer_channel_per_eight_operation_channels() {
+        assert_eq!(consumer_channel_count(32), 4);
+        assert_eq!(consumer_channel_count(64), 8);
+        assert_eq!(consumer_channel_count(9), 2);
+        assert_eq!(consumer_channel_count(2), 1);
+        assert_eq!(consumer_channel_count(0), 1);
     }
 
     /// Against the real RabbitMQ: the channel that carried its share of

@@ -156,7 +156,7 @@ impl AmqpBroker {
         });
         let inner = Arc::new(Inner {
             consumer_channels: ConsumerChannels::new(
-                options.channel_pool_size,
+                channels::consumer_channel_count(options.channel_pool_size),
                 connections.clone(),
             ),
             consumers: ConsumerRegistry::new(options.consumer_linger),
