@@ -129,7 +129,8 @@ mod tests {
     use tracing::Level;
     use tracing_subscriber::layer::SubscriberExt;
 
-    /// Whether (target, level) events and spans named `span` pass `rust_log`.
+    /// Which of five events pass the filter `rust_log` asks for: INFO, DEBUG,
+    /// deadpool at INFO, lapin at ERROR, amq_protocol at ERROR.
     fn passes(rust_log: Option<&str>) -> [bool; 5] {
         let subscriber = Registry::default().with(log_filter(rust_log));
         tracing::subscriber::with_default(subscriber, || {
