@@ -5,7 +5,8 @@
 //! Owns: making the span (through the `make_span` it is given) and the two
 //! DEBUG lines, "started processing request" and "finished processing request"
 //! (status, latency).
-//! Must not: read or change requests and responses.
+//! Must not: change requests and responses (it reads only an answer's status,
+//! for the DEBUG line).
 //!
 //! It replaces tower-http's `TraceLayer`, which on top of the span reads the
 //! clock at every request, answer and body frame and wraps every response body,
@@ -66,7 +67,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let span = (self.make_span)(&req);
-        let started = {
+        let (inner, started) = {
             let _entered = span.enter();
             // `enabled!` is a cached per-callsite check: no clock read at INFO.
             let started = tracing::enabled!(tracing::Level::DEBUG).then(|| {
@@ -76,9 +77,9 @@ where
             (self.inner.call(req), started)
         };
         RequestSpanFuture {
-            inner: started.0,
+            inner,
             span,
-            started: started.1,
+            started,
         }
     }
 }
