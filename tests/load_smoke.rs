@@ -12,24 +12,16 @@ use common::{Backend, TOKEN, TestGateway};
 async fn lp_load_drives_a_gateway_and_reports_json() {
     for backend in [Backend::Memory, Backend::Rabbit] {
         let gw = TestGateway::start(backend).await;
-        let report = lp_load_report(&[
+        let report = lp_load_report(&small_run(&[
             "--gateway",
             &gw.base,
             "--admin",
             &gw.admin,
             "--api-token",
             TOKEN,
-            "--subscribers",
-            "5",
-            "--duration",
-            "1s",
-            "--rate",
-            "50",
-            "--publishers",
-            "2",
             "--pid",
             &std::process::id().to_string(),
-        ])
+        ]))
         .await;
         assert_delivered_everything(&report);
         assert_eq!(report["errors"]["duplicates_dropped"], 0, "{report}");
@@ -54,6 +46,24 @@ async fn lp_load_drives_a_gateway_and_reports_json() {
 fn nchan_installed() -> bool {
     std::path::Path::new("/usr/sbin/nginx").exists()
         && std::path::Path::new("/usr/lib/nginx/modules/ngx_nchan_module.so").exists()
+}
+
+/// The small run every target gets: 5 subscribers, 50 events/s for a second
+/// from 2 publishers.
+const SMALL_RUN: [&str; 8] = [
+    "--subscribers",
+    "5",
+    "--duration",
+    "1s",
+    "--rate",
+    "50",
+    "--publishers",
+    "2",
+];
+
+/// [`SMALL_RUN`] against the target that `target_args` name.
+fn small_run<'a>(target_args: &[&'a str]) -> Vec<&'a str> {
+    SMALL_RUN.iter().chain(target_args).copied().collect()
 }
 
 /// Runs lp-load with `args` (bounded), returns its JSON report.
@@ -99,21 +109,7 @@ async fn lp_load_drives_nchan_and_reports_json() {
         nchan_installed(),
         "nginx + libnginx-mod-nchan are not installed: run scripts/cluster-test --prepare"
     );
-    let report = lp_load_report(&[
-        "--target",
-        "nchan",
-        "--subscribers",
-        "5",
-        "--duration",
-        "1s",
-        "--rate",
-        "50",
-        "--publishers",
-        "2",
-        "--nchan-workers",
-        "1",
-    ])
-    .await;
+    let report = lp_load_report(&small_run(&["--target", "nchan", "--nchan-workers", "1"])).await;
     assert_delivered_everything(&report);
     // The private nginx: a master and its worker.
     assert!(
@@ -143,22 +139,14 @@ async fn lp_load_drives_nchan_and_reports_json() {
 async fn lp_load_drives_raw_amqp_baselines_and_reports_json() {
     // A queue per subscriber: consumed per poll, or with one consumer each kept.
     for target in ["raw-consume", "raw-queues"] {
-        let report = lp_load_report(&[
+        let report = lp_load_report(&small_run(&[
             "--target",
             target,
-            "--subscribers",
-            "5",
-            "--duration",
-            "1s",
-            "--rate",
-            "50",
-            "--publishers",
-            "2",
             "--raw-connections",
             "1",
             "--pid",
             &std::process::id().to_string(),
-        ])
+        ]))
         .await;
         assert_delivered_everything(&report);
         assert_eq!(report["subscribers"], 5, "{target}: {report}");
