@@ -88,6 +88,42 @@ async fn a_404_on_one_queue_does_not_disturb_100_held_polls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_share_one_amqp_channel_per_eight_pooled_channels() {
+    // lapin does work per channel for every frame it writes, so 32 pooled
+    // channels carry their consumers on 4 channels, not 32.
+    const HELD: usize = 40;
+    let gw = TestGateway::start_with(Backend::Rabbit, |s| s.channel_pool_size = 32).await;
+    let mut keys = Vec::new();
+    let mut events = Vec::new();
+    for _ in 0..HELD {
+        let event = unique("longpoll.event.chan");
+        keys.push(gw.subscribe(&[&event]).await);
+        events.push(event);
+    }
+    let held: Vec<_> = keys.iter().map(|k| spawn_poll(&gw, k, 1)).collect();
+    gw.wait_metric("longpoll_consumers", HELD as f64).await;
+
+    let listed = common::amqp::rabbitmqctl_consumer_channels("longpoll.subscribe.").await;
+    let ours: Vec<_> = listed.iter().filter(|(q, _)| keys.contains(q)).collect();
+    assert_eq!(ours.len(), HELD, "one consumer per held poll: {listed:?}");
+    let channels: std::collections::BTreeSet<_> = ours.iter().map(|(_, c)| c).collect();
+    assert_eq!(channels.len(), 4, "consumer channels: {channels:?}");
+
+    // Each consumer on a shared channel still gets its own message.
+    for event in &events {
+        gw.emit(event, json!({ "for": event })).await;
+    }
+    for (h, event) in held.into_iter().zip(&events) {
+        let r = tokio::time::timeout(Duration::from_secs(20), h)
+            .await
+            .expect("answered")
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["for"], json!(event));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_poll_waits_through_a_lost_broker_connection_and_resumes() {
     let proxy = ChaosProxy::start(rabbit_addr()).await;
     let url = proxy.amqp_url();

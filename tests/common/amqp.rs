@@ -120,6 +120,30 @@ pub async fn rabbitmqctl_list(prefix: &str) -> Vec<(String, u64, u64)> {
     .collect()
 }
 
+/// `rabbitmqctl list_consumers queue_name channel_pid`: the channel (an
+/// Erlang process id) that carries each consumer, for queues starting with
+/// `prefix`.
+pub async fn rabbitmqctl_consumer_channels(prefix: &str) -> Vec<(String, String)> {
+    rabbitmqctl_ok(&[
+        "list_consumers",
+        "-q",
+        "--no-table-headers",
+        "queue_name",
+        "channel_pid",
+    ])
+    .await
+    .lines()
+    .filter_map(|l| {
+        let mut parts = l.split_whitespace();
+        let queue = parts.next()?;
+        let channel = parts.next()?;
+        queue
+            .starts_with(prefix)
+            .then(|| (queue.to_owned(), channel.to_owned()))
+    })
+    .collect()
+}
+
 /// (ready, unacked) of one queue as RabbitMQ reports it.
 pub async fn rabbitmqctl_counts(queue: &str) -> (u64, u64) {
     rabbitmqctl_list(queue)
