@@ -449,3 +449,98 @@ async fn logs_carry_request_and_trace_ids_and_no_secret_reaches_logs_or_traces()
     assert!(logs.contains("key_hash"), "keys appear as hashes");
     let _ = rabbitmqctl(&["delete_user", user]).await;
 }
+
+/// The JSON lines a gateway on the embedded broker logs while serving a poll
+/// (with the caller's request id and traceparent), a publish and a 404.
+/// Returns the lines inside requests, and the event key published to.
+async fn json_request_lines(rust_log: &str) -> (Vec<Value>, String) {
+    let mut gw = GatewayProcess::start(
+        &["--broker", "memory://", "--api-token", TOKEN],
+        &[("RUST_LOG", rust_log)],
+    )
+    .await;
+    let event = unique("longpoll.event.logs");
+    let key = subscribe(&gw.base, &event).await;
+    emit(&gw.base, &event, json!({"n": 1}), None).await;
+    let r = client()
+        .get(format!("{}/?uuid={key}&sequence=1", gw.base))
+        .header("x-request-id", "caller-log-7")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        poll(&gw.base, &format!("{key}x"), 1, None).await.status,
+        404
+    );
+    gw.sigterm();
+    assert_eq!(gw.wait(Duration::from_secs(15)).await.code(), Some(0));
+    let logs = gw.logs();
+    assert!(!logs.contains(&key), "a subscription key reached the logs");
+    let lines = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|v: &Value| v["spans"].is_array())
+        .collect();
+    (lines, event)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_without_an_exporter_carry_each_requests_fields_as_its_span() {
+    // No exporter and no span directive: the request's fields are written
+    // without a span being made (telemetry::request_fields), in the same shape.
+    let (lines, event) = json_request_lines("debug").await;
+    let request = |v: &Value| v["spans"][0].clone();
+    let finished: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["message"] == "finished processing request")
+        .collect();
+    assert_eq!(finished.len(), 4, "subscribe, emit, poll, 404: {lines:#?}");
+    for v in &lines {
+        let r = request(v);
+        assert_eq!(r["name"], "request", "{v}");
+        assert!(
+            r["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+            "{v}"
+        );
+        assert_eq!(r["trace_id"].as_str().map(str::len), Some(32), "{v}");
+        assert!(r["method"].is_string() && r["path"].is_string(), "{v}");
+    }
+    let polled: Vec<&Value> = lines
+        .iter()
+        .filter(|v| request(v)["request_id"] == "caller-log-7")
+        .collect();
+    assert_eq!(polled.len(), 2, "started and finished: {lines:#?}");
+    for v in polled {
+        assert_eq!(request(v)["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(request(v)["method"], "GET");
+        assert_eq!(request(v)["path"], "/");
+    }
+    let published = format!("/api/v1/events/{event}");
+    assert!(
+        finished
+            .iter()
+            .any(|v| request(v)["path"] == published.as_str()),
+        "the publish's path: {lines:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_log_span_directive_still_filters_on_the_request_span() {
+    // `[request]=debug` needs a real span to filter on: DEBUG lines inside
+    // requests only, each carrying the request span's fields.
+    let (lines, _) = json_request_lines("info,[request]=debug").await;
+    let finished = lines
+        .iter()
+        .filter(|v| v["message"] == "finished processing request")
+        .count();
+    assert_eq!(finished, 4, "{lines:#?}");
+    for v in &lines {
+        assert_eq!(v["spans"][0]["name"], "request", "{v}");
+        assert_eq!(v["spans"][0]["trace_id"].as_str().map(str::len), Some(32));
+    }
+}

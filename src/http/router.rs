@@ -42,11 +42,12 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 
-use super::request_span::RequestSpanLayer;
+use super::request_span::{RequestScope, RequestSpanLayer};
 use super::rescue::PollRescueLayer;
 use super::{AppState, HttpService};
 use crate::longpoll::{PollContext, QueueRules, SequenceDedupLayer, handle_poll};
 use crate::telemetry::key_hash;
+use crate::telemetry::request_fields::{self, RequestFields, RequestLogging};
 use crate::telemetry::traces;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -198,16 +199,37 @@ pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 }
 
 /// The request span: method, path (subscription keys in API paths redacted to
-/// a short hash), request id. Never the query: it holds the key.
-fn make_span(req: &Request<Body>) -> tracing::Span {
-    let request_id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+/// a short hash), request id. Never the query: it holds the key. Where the log
+/// lines need no span, the same fields without one (`telemetry::request_fields`).
+fn make_span(req: &Request<Body>) -> RequestScope {
+    let request_id = req.headers().get(&REQUEST_ID);
+    let path = redact_path(req.uri().path());
+    // An incoming traceparent is honoured: the request continues that trace.
+    let incoming = traces::context_from_http(req.headers());
+    // A fresh id is written on the stack: no string of its own per request.
+    let mut fresh = [0u8; 32];
+    if !traces::enabled() && request_fields::request_logging() == RequestLogging::Fields {
+        let mut trace_id = [0u8; 32];
+        let caller = caller_or_fresh(incoming.as_ref(), &mut fresh);
+        if caller.len() == trace_id.len() {
+            trace_id.copy_from_slice(caller.as_bytes());
+        } else {
+            let _ = fresh_trace_id(&mut trace_id);
+        }
+        return RequestScope::Fields(Box::new(RequestFields {
+            method: req.method().clone(),
+            // A poll's path, the common case, needs no string of its own.
+            path: match path {
+                Cow::Borrowed("/") => Cow::Borrowed("/"),
+                path => Cow::Owned(path.into_owned()),
+            },
+            request_id: request_id.cloned(),
+            trace_id,
+        }));
+    }
+    let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
     // Fields as `&str`, not `%display`: the JSON log layer copies a string as it
     // is, where a Display value goes through the formatting machinery.
-    let path = redact_path(req.uri().path());
     macro_rules! request_span {
         ($trace_id:expr) => {
             tracing::info_span!(
@@ -219,17 +241,13 @@ fn make_span(req: &Request<Body>) -> tracing::Span {
             )
         };
     }
-    // An incoming traceparent is honoured: the request continues that trace.
-    let incoming = traces::context_from_http(req.headers());
-    // A fresh id is written on the stack: no string of its own per request.
-    let mut fresh = [0u8; 32];
     if !traces::enabled() {
         // No span exporter: the trace id every log line of the request carries
         // is the caller's, else a fresh one, known before the span is made.
         // (Recording it afterwards makes the JSON log layer parse and rewrite
         // the span's fields: a tenth of the CPU of a poll.)
         let trace_id = caller_or_fresh(incoming.as_ref(), &mut fresh);
-        return request_span!(&*trace_id);
+        return RequestScope::Span(request_span!(&*trace_id));
     }
     let span = request_span!(tracing::field::Empty);
     if let Some(cx) = &incoming {
@@ -241,7 +259,7 @@ fn make_span(req: &Request<Body>) -> tracing::Span {
         trace_id = caller_or_fresh(incoming.as_ref(), &mut fresh);
     }
     span.record("trace_id", &*trace_id);
-    span
+    RequestScope::Span(span)
 }
 
 /// The caller's trace id, else a fresh one written into `fresh`.

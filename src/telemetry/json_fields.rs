@@ -64,12 +64,17 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
 }
 
 /// Writes `"name":value` pairs, comma-separated.
-struct ObjectMembers<'a> {
+pub(super) struct ObjectMembers<'a> {
     out: &'a mut String,
     first: bool,
 }
 
-impl ObjectMembers<'_> {
+impl<'a> ObjectMembers<'a> {
+    /// Members that follow others already written (each starts with a comma).
+    pub(super) fn continuing(out: &'a mut String) -> Self {
+        ObjectMembers { out, first: false }
+    }
+
     fn key(&mut self, field: &Field) {
         if !self.first {
             self.out.push(',');
@@ -122,7 +127,7 @@ impl Visit for ObjectMembers<'_> {
 }
 
 /// Appends `s` as a JSON string literal.
-fn push_json_string(out: &mut String, s: &str) {
+pub(super) fn push_json_string(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
     push_escaped(out, s);

@@ -6,7 +6,9 @@
 //! Must not: be initialised before the configuration is known.
 
 mod json_fields;
+mod json_lines;
 mod metrics;
+pub mod request_fields;
 pub mod traces;
 
 pub use metrics::{Metrics, StatusLabel};
@@ -52,7 +54,9 @@ pub fn init(format: Option<LogFormat>) -> TelemetryGuard {
     } else {
         None
     };
-    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let span_directives = rust_log.as_deref().is_some_and(|s| s.contains('['));
+    let filter = log_filter(rust_log.as_deref());
     let otel = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer().with_tracer(p.tracer(traces::TRACER))
@@ -62,19 +66,23 @@ pub fn init(format: Option<LogFormat>) -> TelemetryGuard {
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
+            .with_ansi(false)
             .fmt_fields(json_fields::JsonSpanFields)
+            .event_format(json_lines::JsonLines)
             .with_writer(std::io::stderr)
             .boxed(),
     });
-    let _ = tracing_subscriber::registry()
+    // Request fields without a span (request_fields.rs) only where nothing
+    // needs the span: JSON lines, no exporter, no span directive in RUST_LOG.
+    let fields_written = format == Some(LogFormat::Json) && otel.is_none() && !span_directives;
+    let installed = tracing_subscriber::registry()
         .with(filter)
         .with(otel)
         .with(fmt)
         .try_init();
+    if installed.is_ok() {
+        request_fields::set_fields_written(fields_written);
+    }
     TelemetryGuard { provider }
 }
 
