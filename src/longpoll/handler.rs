@@ -14,7 +14,7 @@ use http::Request;
 use tracing::Instrument;
 
 use super::outcome::{Answer, DeliveredAnswer, PollOutcome};
-use super::request::{PollQuery, PollRequest, QueueRules, parse_query};
+use super::request::{PollQuery, PollRequest, QueueRules, SeenIds, parse_query};
 use crate::broker::{Broker, BrokerErrorKind, Delivery};
 use crate::shutdown::Shutdown;
 use crate::telemetry::traces::PollTrace;
@@ -25,7 +25,7 @@ use crate::telemetry::{Metrics, key_hash};
 /// answered for the uuid on this replica.
 #[derive(Debug, Clone, Default)]
 pub struct KnownToClient {
-    pub seen: Option<Vec<String>>,
+    pub seen: Option<SeenIds>,
     pub last_answered: Option<Arc<str>>,
 }
 
@@ -35,7 +35,7 @@ impl KnownToClient {
     /// redelivery of the last answered message is one (contract point 8).
     pub fn has(&self, message_id: &str, redelivered: bool) -> bool {
         match &self.seen {
-            Some(ids) => ids.iter().any(|id| id == message_id),
+            Some(ids) => ids.contains(message_id),
             None => redelivered && self.last_answered.as_deref() == Some(message_id),
         }
     }

@@ -11,5 +11,5 @@ pub mod sequence;
 
 pub use handler::{PollContext, handle_poll};
 pub use outcome::{Answer, MESSAGE_ID_HEADER, PollOutcome, SEQUENCE_HEADER};
-pub use request::{PollQuery, PollRequest, QueryRejection, QueueRules, parse_query};
+pub use request::{PollQuery, PollRequest, QueryRejection, QueueRules, SeenIds, parse_query};
 pub use sequence::{SequenceDedupLayer, SequenceStore};

@@ -90,7 +90,7 @@ where
         // the signals, not the request (smaller futures, less memory per poll).
         let waiting = match self
             .store
-            .begin(&poll.uuid, poll.sequence, poll.seen.as_deref())
+            .begin(&poll.uuid, poll.sequence, poll.seen.as_ref())
         {
             Decision::Replay(answer) => {
                 tracing::debug!(sequence = poll.sequence, "replaying an answered sequence");

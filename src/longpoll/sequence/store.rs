@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::broker::Acker;
 use crate::longpoll::outcome::Answer;
+use crate::longpoll::request::SeenIds;
 use crate::telemetry::Metrics;
 
 /// Sent to a held poll by a newer one, or by an older poll that got the answer
@@ -120,7 +121,7 @@ impl SequenceStore {
 
     /// Admits a poll `(uuid, sequence)`. `seen` is the client's list of the
     /// message ids it received lately, when it sends one.
-    pub fn begin(&self, uuid: &str, sequence: u64, seen: Option<&[String]>) -> Decision {
+    pub fn begin(&self, uuid: &str, sequence: u64, seen: Option<&SeenIds>) -> Decision {
         let mut st = self.lock();
         let st = &mut *st;
         let slot = st.slots.entry(uuid.into()).or_default();
@@ -139,8 +140,7 @@ impl SequenceStore {
             // A higher sequence says the client has an answer for that sequence;
             // its `seen` list, when sent, says whether it is this one (another
             // replica may have answered a retry of it).
-            let shown =
-                seen.is_none_or(|ids| ids.iter().any(|id| **id == *answered.answer.message_id));
+            let shown = seen.is_none_or(|ids| ids.contains(&answered.answer.message_id));
             previous = slot.answered.take().and_then(|a| a.acker).map(|acker| {
                 if shown {
                     Previous::Ack(acker)
@@ -355,14 +355,14 @@ mod tests {
             }
             Some(Acker::new(Box::new(Nothing), metrics.clone()))
         };
-        let w = wait(s.begin("u", 1, Some(&[])));
+        let w = wait(s.begin("u", 1, Some(&SeenIds::parse(""))));
         s.finish("u", w.ticket, Some((answer(1, "m1"), acker())));
         // The client's next poll shows m1: acked.
-        let next = wait(s.begin("u", 2, Some(&["m1".to_owned()])));
+        let next = wait(s.begin("u", 2, Some(&SeenIds::parse("m1"))));
         assert!(matches!(next.previous, Some(Previous::Ack(_))));
         s.finish("u", next.ticket, Some((answer(2, "m2"), acker())));
         // It shows another message for 2 (another replica answered a retry): requeued.
-        let next = wait(s.begin("u", 3, Some(&["other".to_owned(), "m1".to_owned()])));
+        let next = wait(s.begin("u", 3, Some(&SeenIds::parse("other,m1"))));
         assert!(matches!(next.previous, Some(Previous::Requeue(_))));
     }
 
