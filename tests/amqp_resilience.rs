@@ -30,16 +30,44 @@ async fn readyz(gw: &TestGateway) -> u16 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_404_on_one_queue_does_not_disturb_100_held_polls() {
-    let gw = TestGateway::start_with(Backend::Rabbit, |s| s.channel_pool_size = 4).await;
-    let mut keys = Vec::new();
-    let mut events = Vec::new();
-    for _ in 0..100 {
-        let event = unique("longpoll.event.iso");
+/// `n` subscriptions, each bound to an event key of its own: (keys, events).
+async fn subscriptions_with_own_events(
+    gw: &TestGateway,
+    n: usize,
+    prefix: &str,
+) -> (Vec<String>, Vec<String>) {
+    let (mut keys, mut events) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let event = unique(prefix);
         keys.push(gw.subscribe(&[&event]).await);
         events.push(event);
     }
+    (keys, events)
+}
+
+/// Emits each poll's event; each held poll is answered 200 with its own message.
+async fn emit_and_expect_each_answered(
+    gw: &TestGateway,
+    held: Vec<tokio::task::JoinHandle<Poll>>,
+    events: &[String],
+) {
+    for event in events {
+        gw.emit(event, json!({ "for": event })).await;
+    }
+    for (h, event) in held.into_iter().zip(events) {
+        let r = tokio::time::timeout(Duration::from_secs(20), h)
+            .await
+            .expect("answered")
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["for"], json!(event));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_on_one_queue_does_not_disturb_100_held_polls() {
+    let gw = TestGateway::start_with(Backend::Rabbit, |s| s.channel_pool_size = 4).await;
+    let (keys, events) = subscriptions_with_own_events(&gw, 100, "longpoll.event.iso").await;
     let held: Vec<_> = keys.iter().map(|k| spawn_poll(&gw, k, 1)).collect();
     gw.wait_metric("longpoll_polls_held", 100.0).await;
     gw.wait_metric("longpoll_consumers", 100.0).await;
@@ -73,17 +101,7 @@ async fn a_404_on_one_queue_does_not_disturb_100_held_polls() {
         100.0,
         "no consumer was restarted"
     );
-    for (event, _) in events.iter().zip(&keys) {
-        gw.emit(event, json!({ "for": event })).await;
-    }
-    for (h, event) in held.into_iter().zip(&events) {
-        let r = tokio::time::timeout(Duration::from_secs(20), h)
-            .await
-            .expect("answered")
-            .unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.json()["for"], json!(event));
-    }
+    emit_and_expect_each_answered(&gw, held, &events).await;
     assert_eq!(gw.metric("longpoll_broker_reconnects_total").await, 0.0);
 }
 
@@ -93,13 +111,7 @@ async fn consumers_share_one_amqp_channel_per_eight_pooled_channels() {
     // channels carry their consumers on 4 channels, not 32.
     const HELD: usize = 40;
     let gw = TestGateway::start_with(Backend::Rabbit, |s| s.channel_pool_size = 32).await;
-    let mut keys = Vec::new();
-    let mut events = Vec::new();
-    for _ in 0..HELD {
-        let event = unique("longpoll.event.chan");
-        keys.push(gw.subscribe(&[&event]).await);
-        events.push(event);
-    }
+    let (keys, events) = subscriptions_with_own_events(&gw, HELD, "longpoll.event.chan").await;
     let held: Vec<_> = keys.iter().map(|k| spawn_poll(&gw, k, 1)).collect();
     gw.wait_metric("longpoll_consumers", HELD as f64).await;
 
@@ -110,17 +122,7 @@ async fn consumers_share_one_amqp_channel_per_eight_pooled_channels() {
     assert_eq!(channels.len(), 4, "consumer channels: {channels:?}");
 
     // Each consumer on a shared channel still gets its own message.
-    for event in &events {
-        gw.emit(event, json!({ "for": event })).await;
-    }
-    for (h, event) in held.into_iter().zip(&events) {
-        let r = tokio::time::timeout(Duration::from_secs(20), h)
-            .await
-            .expect("answered")
-            .unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.json()["for"], json!(event));
-    }
+    emit_and_expect_each_answered(&gw, held, &events).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

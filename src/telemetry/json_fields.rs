@@ -172,49 +172,12 @@ impl fmt::Write for JsonEscaped<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use std::sync::{Arc, Mutex};
-    use tracing_subscriber::layer::SubscriberExt;
-
-    /// A writer that keeps what the JSON layer wrote.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::ErrorKind::Other)?
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn json_lines(run: impl FnOnce()) -> Vec<serde_json::Value> {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let layer = tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
-            .fmt_fields(JsonSpanFields)
-            .with_writer(move || writer.clone());
-        let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, run);
-        let bytes = captured.0.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
-    }
+    // Through the gateway's own line format: what `telemetry::init` installs.
+    use crate::telemetry::log_capture::{Format, json_lines};
 
     #[test]
     fn span_fields_reach_log_lines_as_json_with_strings_escaped() {
-        let lines = json_lines(|| {
+        let lines = json_lines(Format::Ours, || {
             let span = tracing::info_span!(
                 "request",
                 path = %"/a\"b\\c\nd\u{1}é",
@@ -237,7 +200,7 @@ mod tests {
 
     #[test]
     fn a_field_recorded_later_is_added_to_the_span() {
-        let lines = json_lines(|| {
+        let lines = json_lines(Format::Ours, || {
             let span = tracing::info_span!(
                 "request",
                 request_id = "r-1",
@@ -254,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_span_without_fields_and_one_recorded_later_stay_valid_json() {
-        let lines = json_lines(|| {
+        let lines = json_lines(Format::Ours, || {
             let span = tracing::info_span!("bare", late = tracing::field::Empty);
             let _g = span.enter();
             tracing::info!("before");

@@ -137,59 +137,8 @@ impl Visit for EventFields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::log_capture::{Format, json_lines};
     use std::borrow::Cow;
-    use std::sync::{Arc, Mutex};
-    use tracing_subscriber::Layer;
-    use tracing_subscriber::layer::SubscriberExt;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::ErrorKind::Other)?
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    /// The lines `run` logs, through tracing-subscriber's JSON format (`ours`
-    /// false) or through [`JsonLines`], each without its timestamp.
-    fn lines(ours: bool, run: impl FnOnce()) -> Vec<serde_json::Value> {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let layer = tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
-            .fmt_fields(JsonSpanFields)
-            .with_writer(move || writer.clone());
-        let layer = if ours {
-            layer.event_format(JsonLines).boxed()
-        } else {
-            layer.boxed()
-        };
-        let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, run);
-        let bytes = captured.0.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value =
-                    serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
-                let ts = v["timestamp"].as_str().map(str::len);
-                assert_eq!(ts, Some(27), "RFC 3339 with microseconds: {l}");
-                v.as_object_mut().map(|o| o.remove("timestamp"));
-                v
-            })
-            .collect()
-    }
 
     fn scenario() {
         tracing::info!(
@@ -213,8 +162,8 @@ mod tests {
 
     #[test]
     fn lines_are_what_tracing_subscribers_json_format_writes() {
-        let theirs = lines(false, scenario);
-        let ours = lines(true, scenario);
+        let theirs = json_lines(Format::TracingSubscribers, scenario);
+        let ours = json_lines(Format::Ours, scenario);
         assert_eq!(theirs.len(), 3);
         assert_eq!(ours, theirs);
     }
@@ -227,7 +176,7 @@ mod tests {
             request_id: Some(http::HeaderValue::from_static("req-\"1\"")),
             trace_id: [b'f'; 32],
         }));
-        let logged = lines(true, || {
+        let logged = json_lines(Format::Ours, || {
             request_fields::in_request(&mut slot, || {
                 tracing::info!("no span");
                 let s = tracing::debug_span!("poll.wait", sequence = 2u64);

@@ -7,6 +7,8 @@
 
 mod json_fields;
 mod json_lines;
+#[cfg(test)]
+mod log_capture;
 mod metrics;
 pub mod request_fields;
 pub mod traces;
@@ -55,7 +57,7 @@ pub fn init(format: Option<LogFormat>) -> TelemetryGuard {
         None
     };
     let rust_log = std::env::var("RUST_LOG").ok();
-    let span_directives = rust_log.as_deref().is_some_and(|s| s.contains('['));
+    let span_directives = rust_log.as_deref().is_some_and(has_span_directives);
     let filter = log_filter(rust_log.as_deref());
     let otel = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider as _;
@@ -101,7 +103,7 @@ fn log_filter(rust_log: Option<&str>) -> Box<dyn Layer<Registry> + Send + Sync> 
     let spec = rust_log.map(str::trim).filter(|s| !s.is_empty());
     let targets = match spec {
         None => DEFAULT.parse::<Targets>().ok(),
-        Some(s) if s.contains('[') => None,
+        Some(s) if has_span_directives(s) => None,
         Some(s) => s.parse::<Targets>().ok(),
     };
     if let Some(targets) = targets {
@@ -121,6 +123,12 @@ fn log_filter(rust_log: Option<&str>) -> Box<dyn Layer<Registry> + Send + Sync> 
             f.add_directive(format!("{target}=off").parse().expect("a valid directive"))
         })
         .boxed()
+}
+
+/// Does a `RUST_LOG` value filter on spans (`[request]=debug`)? Such a filter
+/// needs [`EnvFilter`], and a real `request` span to filter on.
+fn has_span_directives(rust_log: &str) -> bool {
+    rust_log.contains('[')
 }
 
 /// A short, non-reversible tag for a secret (a subscription key), for logs and

@@ -96,52 +96,39 @@ pub async fn rabbitmqctl_ok(args: &[&str]) -> String {
     out
 }
 
+/// `rabbitmqctl {list} {columns}`: the rows whose first column starts with
+/// `prefix`, each as its columns (rows short of a column are left out).
+async fn rabbitmqctl_rows(list: &str, columns: &[&str], prefix: &str) -> Vec<Vec<String>> {
+    let mut args = vec![list, "-q", "--no-table-headers"];
+    args.extend_from_slice(columns);
+    rabbitmqctl_ok(&args)
+        .await
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|row| row.len() >= columns.len() && row[0].starts_with(prefix))
+        .collect()
+}
+
 /// `rabbitmqctl list_queues name messages_ready messages_unacknowledged` for
 /// every queue whose name starts with `prefix`.
 pub async fn rabbitmqctl_list(prefix: &str) -> Vec<(String, u64, u64)> {
-    rabbitmqctl_ok(&[
-        "list_queues",
-        "-q",
-        "--no-table-headers",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    ])
-    .await
-    .lines()
-    .filter_map(|l| {
-        let mut parts = l.split_whitespace();
-        let name = parts.next()?;
-        let ready = parts.next()?.parse().ok()?;
-        let unacked = parts.next()?.parse().ok()?;
-        name.starts_with(prefix)
-            .then(|| (name.to_owned(), ready, unacked))
-    })
-    .collect()
+    let columns = ["name", "messages_ready", "messages_unacknowledged"];
+    rabbitmqctl_rows("list_queues", &columns, prefix)
+        .await
+        .into_iter()
+        .filter_map(|row| Some((row[0].clone(), row[1].parse().ok()?, row[2].parse().ok()?)))
+        .collect()
 }
 
 /// `rabbitmqctl list_consumers queue_name channel_pid`: the channel (an
 /// Erlang process id) that carries each consumer, for queues starting with
 /// `prefix`.
 pub async fn rabbitmqctl_consumer_channels(prefix: &str) -> Vec<(String, String)> {
-    rabbitmqctl_ok(&[
-        "list_consumers",
-        "-q",
-        "--no-table-headers",
-        "queue_name",
-        "channel_pid",
-    ])
-    .await
-    .lines()
-    .filter_map(|l| {
-        let mut parts = l.split_whitespace();
-        let queue = parts.next()?;
-        let channel = parts.next()?;
-        queue
-            .starts_with(prefix)
-            .then(|| (queue.to_owned(), channel.to_owned()))
-    })
-    .collect()
+    rabbitmqctl_rows("list_consumers", &["queue_name", "channel_pid"], prefix)
+        .await
+        .into_iter()
+        .map(|row| (row[0].clone(), row[1].clone()))
+        .collect()
 }
 
 /// (ready, unacked) of one queue as RabbitMQ reports it.
