@@ -222,15 +222,16 @@ async fn ten_thousand_polls_for_random_unknown_keys_cost_bounded_broker_work() {
                     );
                     let http = http.clone();
                     async move {
-                        http.get(url)
-                            .send()
-                            .await
-                            .map(|r| r.status().as_u16())
-                            .unwrap_or(0)
+                        // An error is kept with its text, so that a failure
+                        // says what went wrong rather than "0".
+                        match http.get(url).send().await {
+                            Ok(r) => r.status().as_u16().to_string(),
+                            Err(e) => format!("error: {e:?}"),
+                        }
                     }
                 })
                 .buffer_unordered(200)
-                .collect::<Vec<u16>>()
+                .collect::<Vec<String>>()
                 .await
         })
     };
@@ -269,7 +270,7 @@ async fn ten_thousand_polls_for_random_unknown_keys_cost_bounded_broker_work() {
     }
     assert_eq!(
         histogram.keys().collect::<Vec<_>>(),
-        vec![&404],
+        vec!["404"],
         "{histogram:?}"
     );
     // 8 operation channels, 8 consumer channels and 4 probe channels at most.
