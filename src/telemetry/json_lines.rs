@@ -168,6 +168,38 @@ mod tests {
         assert_eq!(ours, theirs);
     }
 
+    /// A record of the `log` crate (rustls and other dependencies log through
+    /// it), as the bridge `telemetry::init` installs hands it on: an event
+    /// whose target is "log" and whose real target is in a `log.target` field.
+    fn log_record(target: &str, line: u32) {
+        let _ = tracing_log::format_trace(
+            &log::Record::builder()
+                .args(format_args!("from the log crate \"{line}\""))
+                .level(log::Level::Warn)
+                .target(target)
+                .module_path_static(Some("rustls::conn"))
+                .file_static(Some("src/conn.rs"))
+                .line(Some(line))
+                .build(),
+        );
+    }
+
+    #[test]
+    fn log_crate_records_are_written_as_tracing_subscribers_json_format_writes_them() {
+        let run = || {
+            log_record("rustls::conn", 42);
+            let s = tracing::info_span!("poll.wait", sequence = 3u64);
+            let _g = s.enter();
+            log_record("h2::proto", 7);
+        };
+        let theirs = json_lines(Format::TracingSubscribers, run);
+        let ours = json_lines(Format::Ours, run);
+        assert_eq!(theirs.len(), 2);
+        assert_eq!(theirs[0]["target"], "rustls::conn", "{}", theirs[0]);
+        assert_eq!(theirs[1]["target"], "h2::proto", "{}", theirs[1]);
+        assert_eq!(ours, theirs);
+    }
+
     #[test]
     fn the_current_requests_fields_are_the_first_span() {
         let mut slot = Some(Box::new(RequestFields {
