@@ -4,10 +4,13 @@
 //! Bounded by `--replay-ttl` (answers older than it are requeued and forgotten)
 //! and by `--replay-capacity` (beyond it, the oldest answers are requeued).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::RandomState;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use hashbrown::HashMap;
+use hashbrown::hash_map::EntryRef;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -89,7 +92,11 @@ impl Slot {
 
 #[derive(Debug, Default)]
 struct State {
-    slots: HashMap<Arc<str>, Slot>,
+    /// hashbrown's map for lookups by `&str` that make a key only when they
+    /// insert (std's `entry` wants an owned key on every poll, and hands no key
+    /// back to share with `expiries`); SipHash as std's, as the uuids come from
+    /// clients.
+    slots: HashMap<Arc<str>, Slot, RandomState>,
     /// (expires, uuid, generation), in answer order (all answers share one TTL).
     expiries: VecDeque<(Instant, Arc<str>, u64)>,
     answered: usize,
@@ -124,7 +131,10 @@ impl SequenceStore {
     pub fn begin(&self, uuid: &str, sequence: u64, seen: Option<&SeenIds>) -> Decision {
         let mut st = self.lock();
         let st = &mut *st;
-        let slot = st.slots.entry(uuid.into()).or_default();
+        let slot = match st.slots.entry_ref(uuid) {
+            EntryRef::Occupied(slot) => slot.into_mut(),
+            EntryRef::Vacant(vacant) => vacant.insert_with_key(uuid.into(), Slot::default()),
+        };
         let mut previous = None;
         if let Some(answered) = &slot.answered {
             let answered_seq = answered.answer.sequence;
@@ -192,7 +202,7 @@ impl SequenceStore {
     ) -> Vec<Acker> {
         let mut st = self.lock();
         let st = &mut *st;
-        let Some(slot) = st.slots.get_mut(uuid) else {
+        let Some((key, slot)) = st.slots.get_key_value_mut(uuid) else {
             // Forgotten while waiting (evicted over capacity): nothing to keep
             // it in; give the message back.
             return answer.and_then(|(_, acker)| acker).into_iter().collect();
@@ -222,7 +232,7 @@ impl SequenceStore {
             slot.answered = Some(Answered { answer, acker });
             st.answered += 1;
             st.expiries
-                .push_back((Instant::now() + self.ttl, uuid.into(), slot.generation));
+                .push_back((Instant::now() + self.ttl, key.clone(), slot.generation));
         } else if slot.is_empty() {
             st.slots.remove(uuid);
         }
