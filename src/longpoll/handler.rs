@@ -5,12 +5,13 @@
 //! (a redelivery of the message last answered for this uuid is acked and skipped).
 //! Must not: speak AMQP, or keep state between polls (the sequence layer does).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::Request;
+use memchr::memmem::Finder;
 use tracing::Instrument;
 
 use super::outcome::{Answer, DeliveredAnswer, PollOutcome};
@@ -116,13 +117,23 @@ struct BodyFlags {
     from_this_client: bool,
 }
 
+/// What a body that could hold the `error` or `original-uuid` key contains:
+/// either name, or a `\u` escape (which could spell one). The searchers are
+/// built once: `memmem::find` builds one per call, which cost more than the
+/// search itself (~2% of the CPU of a delivery).
+static BODY_MARKERS: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
+    [
+        Finder::new(b"\"error\""),
+        Finder::new(b"\"original-uuid\""),
+        Finder::new(b"\\u"),
+    ]
+});
+
 /// Looks for the `error` and `original-uuid` keys. Parsing every body would cost
 /// on the hot path, so only bodies that could hold those keys (including as
 /// `\u`-escaped names) are parsed.
 fn inspect_body(body: &[u8], uuid: &str) -> BodyFlags {
-    let maybe = memchr::memmem::find(body, b"\"error\"").is_some()
-        || memchr::memmem::find(body, b"\"original-uuid\"").is_some()
-        || memchr::memmem::find(body, b"\\u").is_some();
+    let maybe = BODY_MARKERS.iter().any(|m| m.find(body).is_some());
     if !maybe {
         return BodyFlags::default();
     }

@@ -54,15 +54,11 @@ impl SeenIds {
         SeenIds(joined)
     }
 
-    /// Does the list name `id`? (An id with a comma cannot be in a list.)
+    /// Does the list name `id`? (An id with a comma cannot be in a list.) One
+    /// comparison per id kept, most of them ending at the length: cheaper, for
+    /// a list this short, than building a substring searcher per call.
     pub fn contains(&self, id: &str) -> bool {
-        let (list, id) = (self.0.as_bytes(), id.as_bytes());
-        !id.is_empty()
-            && memchr::memchr(b',', id).is_none()
-            && memchr::memmem::find_iter(list, id).any(|at| {
-                let end = at + id.len();
-                (at == 0 || list[at - 1] == b',') && (end == list.len() || list[end] == b',')
-            })
+        !id.is_empty() && self.0.split(',').any(|listed| listed == id)
     }
 
     /// The ids, in the client's order.

@@ -153,7 +153,7 @@ impl Conn {
 
         // The head.
         let head_end = loop {
-            if let Some(i) = memchr::memmem::find(&self.rbuf, b"\r\n\r\n") {
+            if let Some(i) = HEAD_END.find(&self.rbuf) {
                 break i + 4;
             }
             if self.rbuf.len() > 64 * 1024 {
@@ -222,6 +222,11 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> 
         _ => Ok(()),
     }
 }
+
+/// The end of a response head, searched for in every response: built once
+/// (`memmem::find` builds a searcher on every call).
+static HEAD_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
 
 async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();

@@ -87,7 +87,10 @@ pub fn now_us() -> u64 {
 /// (the generator shares the machine with the server: it must stay cheap).
 pub fn sent_at(body: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"sent_at_us\":";
-    let at = memchr::memmem::find(body, KEY)? + KEY.len();
+    // Built once: `memmem::find` builds a searcher on every call.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(KEY));
+    let at = FINDER.find(body)? + KEY.len();
     let digits = body[at..]
         .iter()
         .skip_while(|b| **b == b' ')
