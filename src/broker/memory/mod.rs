@@ -166,20 +166,25 @@ impl MemoryBroker {
         expired.len()
     }
 
-    /// Takes the next message if one may be delivered now.
-    fn try_take(&self, queue: &str) -> Result<Option<Delivery>, BrokerError> {
+    /// Takes the next message if one may be delivered now. `waiting_on` is the
+    /// wake-up the caller registered with: a queue deleted and declared again
+    /// meanwhile has another, handed back to wait on instead.
+    fn try_take(&self, queue: &str, waiting_on: &Arc<Notify>) -> Result<Take, BrokerError> {
         let mut st = self.shared.lock();
         st.next_tag += 1;
         let tag = st.next_tag;
         let Some(q) = st.queues.get_mut(queue) else {
             return Err(BrokerError::not_found(format!("no queue {queue:?}")));
         };
+        if !Arc::ptr_eq(&q.notify, waiting_on) {
+            return Ok(Take::Redeclared(q.notify.clone()));
+        }
         q.last_used = Instant::now();
         if q.unacked.is_some() {
-            return Ok(None);
+            return Ok(Take::Empty);
         }
         let Some(mut item) = q.ready.pop_front() else {
-            return Ok(None);
+            return Ok(Take::Empty);
         };
         let redelivered = item.deliveries > 0;
         item.deliveries += 1;
@@ -193,7 +198,7 @@ impl MemoryBroker {
         if redelivered {
             self.shared.metrics.messages_redelivered.inc();
         }
-        Ok(Some(Delivery {
+        Ok(Take::Ready(Delivery {
             body: message.body.clone(),
             message_id: message.message_id.clone(),
             redelivered,
@@ -204,6 +209,15 @@ impl MemoryBroker {
             ),
         }))
     }
+}
+
+/// What a look at a queue found.
+enum Take {
+    Ready(Delivery),
+    /// Nothing deliverable now: wait for the queue's wake-up.
+    Empty,
+    /// The queue was deleted and declared again: its new wake-up.
+    Redeclared(Arc<Notify>),
 }
 
 fn remove_queue(st: &mut State, name: &str) {
@@ -236,11 +250,13 @@ struct PollerGuard<'a> {
 }
 
 impl<'a> PollerGuard<'a> {
-    fn enter(broker: &'a MemoryBroker, queue: &'a str) -> Self {
-        if let Some(q) = broker.shared.lock().queues.get_mut(queue) {
-            q.pollers += 1;
-        }
-        PollerGuard { broker, queue }
+    /// Counts the poller in and hands back the queue's wake-up, under one lock;
+    /// `None` when there is no such queue.
+    fn enter(broker: &'a MemoryBroker, queue: &'a str) -> Option<(Self, Arc<Notify>)> {
+        let mut st = broker.shared.lock();
+        let q = st.queues.get_mut(queue)?;
+        q.pollers += 1;
+        Some((PollerGuard { broker, queue }, q.notify.clone()))
     }
 }
 
@@ -299,23 +315,22 @@ impl Broker for MemoryBroker {
     }
 
     async fn next_message(&self, queue: &str) -> Result<Delivery, BrokerError> {
-        let _poller = PollerGuard::enter(self, queue);
+        let Some((_poller, mut notify)) = PollerGuard::enter(self, queue) else {
+            return Err(BrokerError::not_found(format!("no queue {queue:?}")));
+        };
         loop {
-            let notify = {
-                let st = self.shared.lock();
-                match st.queues.get(queue) {
-                    Some(q) => q.notify.clone(),
-                    None => return Err(BrokerError::not_found(format!("no queue {queue:?}"))),
-                }
-            };
-            // Register for wake-ups before looking, so a publish in between is not missed.
+            // Made before the look: a `Notified` receives every `notify_waiters`
+            // from its creation on, so a publish between the look and the
+            // wait is not missed.
             let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(delivery) = self.try_take(queue)? {
-                return Ok(delivery);
+            match self.try_take(queue, &notify)? {
+                Take::Ready(delivery) => return Ok(delivery),
+                Take::Empty => notified.await,
+                Take::Redeclared(current) => {
+                    drop(notified);
+                    notify = current;
+                }
             }
-            notified.await;
         }
     }
 
@@ -514,6 +529,49 @@ mod tests {
         assert_eq!(&again.body[..], b"1");
         assert!(again.redelivered);
         assert_eq!(again.message_id, id);
+    }
+
+    /// Waits, yielding, until `queue` has `n` waiting polls.
+    async fn until_waiting(b: &MemoryBroker, queue: &str, n: u64) {
+        while b.queue_stats(queue).await.map(|s| s.consumers).ok() != Some(n) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_poll_gets_what_is_published_after_it_began_waiting() {
+        let b = broker(100);
+        b.declare_subscription("q", &["k".into()]).await.unwrap();
+        let poll = tokio::spawn({
+            let b = b.clone();
+            async move { b.next_message("q").await }
+        });
+        until_waiting(&b, "q", 1).await;
+        b.publish(msg("k", "late")).await.unwrap();
+        let d = poll.await.unwrap().unwrap();
+        assert_eq!(&d.body[..], b"late");
+    }
+
+    #[tokio::test]
+    async fn a_poll_waiting_on_a_queue_deleted_and_declared_again_waits_on_the_new_one() {
+        let b = broker(100);
+        b.declare_subscription("q", &["k".into()]).await.unwrap();
+        let poll = tokio::spawn({
+            let b = b.clone();
+            async move { b.next_message("q").await }
+        });
+        until_waiting(&b, "q", 1).await;
+        // No await point between the two: the poll wakes to the new queue.
+        b.delete_subscription("q").await.unwrap();
+        b.declare_subscription("q", &["k2".into()]).await.unwrap();
+        tokio::task::yield_now().await;
+        b.publish(msg("k2", "new")).await.unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(5), poll)
+            .await
+            .expect("the poll is answered")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&d.body[..], b"new");
     }
 
     #[tokio::test]
