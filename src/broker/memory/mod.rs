@@ -531,22 +531,27 @@ mod tests {
         assert_eq!(again.message_id, id);
     }
 
-    /// Waits, yielding, until `queue` has `n` waiting polls.
-    async fn until_waiting(b: &MemoryBroker, queue: &str, n: u64) {
-        while b.queue_stats(queue).await.map(|s| s.consumers).ok() != Some(n) {
+    /// A queue `q` bound to `key`, and a poll of it waiting (counted as a
+    /// poller, yielded to until it is).
+    async fn waiting_poll(
+        b: &MemoryBroker,
+        key: &str,
+    ) -> tokio::task::JoinHandle<Result<Delivery, BrokerError>> {
+        b.declare_subscription("q", &[key.into()]).await.unwrap();
+        let poll = tokio::spawn({
+            let b = b.clone();
+            async move { b.next_message("q").await }
+        });
+        while b.queue_stats("q").await.map(|s| s.consumers).ok() != Some(1) {
             tokio::task::yield_now().await;
         }
+        poll
     }
 
     #[tokio::test]
     async fn a_waiting_poll_gets_what_is_published_after_it_began_waiting() {
         let b = broker(100);
-        b.declare_subscription("q", &["k".into()]).await.unwrap();
-        let poll = tokio::spawn({
-            let b = b.clone();
-            async move { b.next_message("q").await }
-        });
-        until_waiting(&b, "q", 1).await;
+        let poll = waiting_poll(&b, "k").await;
         b.publish(msg("k", "late")).await.unwrap();
         let d = poll.await.unwrap().unwrap();
         assert_eq!(&d.body[..], b"late");
@@ -555,12 +560,7 @@ mod tests {
     #[tokio::test]
     async fn a_poll_waiting_on_a_queue_deleted_and_declared_again_waits_on_the_new_one() {
         let b = broker(100);
-        b.declare_subscription("q", &["k".into()]).await.unwrap();
-        let poll = tokio::spawn({
-            let b = b.clone();
-            async move { b.next_message("q").await }
-        });
-        until_waiting(&b, "q", 1).await;
+        let poll = waiting_poll(&b, "k").await;
         // No await point between the two: the poll wakes to the new queue.
         b.delete_subscription("q").await.unwrap();
         b.declare_subscription("q", &["k2".into()]).await.unwrap();
