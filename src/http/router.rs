@@ -170,6 +170,24 @@ pub fn poll_stack(state: &AppState) -> impl HttpService {
         .service(handler)
 }
 
+/// The request headers a poll from another origin may carry: what real clients
+/// send besides the simple ones. YUI 3's io (Launchpad's and MAAS's clients) and
+/// jQuery add `X-Requested-With` to every request; pages and frameworks add cache
+/// headers, conditional-request headers, `Content-Type`, an EventSource-style
+/// `Last-Event-ID`, and W3C trace context. A preflight naming any header outside
+/// this list is answered without it, and the browser refuses the poll.
+pub const CORS_REQUEST_HEADERS: [HeaderName; 9] = [
+    HeaderName::from_static("x-requested-with"),
+    http::header::CACHE_CONTROL,
+    http::header::PRAGMA,
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    http::header::CONTENT_TYPE,
+    HeaderName::from_static("last-event-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
+
 /// CORS for pages on other origins that poll (none configured: no CORS headers).
 pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
@@ -189,6 +207,7 @@ pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([http::Method::GET])
+            .allow_headers(CORS_REQUEST_HEADERS)
             .expose_headers([
                 HeaderName::from_static(crate::longpoll::SEQUENCE_HEADER),
                 HeaderName::from_static(crate::longpoll::MESSAGE_ID_HEADER),
