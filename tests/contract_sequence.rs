@@ -14,6 +14,8 @@ both_brokers!(
     p3_retry_with_same_sequence_replays_the_same_message_without_consuming,
     p4_a_newer_poll_supersedes_the_held_one_with_409,
     p4_a_lower_sequence_is_stale_and_names_the_last_answered,
+    p4_legacy_restart_below_the_held_answer_is_served_at_once_with_that_answer_requeued,
+    p4_legacy_restart_at_the_acked_last_sequence_waits_for_the_next_message,
     p5_a_client_gone_before_the_answer_leaves_its_messages_in_the_queue_in_order,
     p7_an_unacked_answer_is_requeued_after_the_replay_ttl_at_its_place,
 );
@@ -104,20 +106,78 @@ async fn p4_a_newer_poll_supersedes_the_held_one_with_409(backend: Backend) {
     assert_eq!(gw.metric("longpoll_supersedes_total").await, 1.0);
 }
 
+/// A poll with the proof of receipt the bundled client sends (`seen`).
+async fn poll_seen(gw: &TestGateway, key: &str, sequence: u64, seen: &str) -> Poll {
+    gw.get(&format!("/?uuid={key}&sequence={sequence}&seen={seen}"))
+        .await
+}
+
 async fn p4_a_lower_sequence_is_stale_and_names_the_last_answered(backend: Backend) {
     let gw = TestGateway::start(backend).await;
     let event = unique("longpoll.event.stale");
     let key = gw.subscribe(&[&event]).await;
-    gw.emit(&event, json!({"n": 1})).await;
-    assert_eq!(gw.poll(&key, 5).await.status, 200);
-    let r = gw.poll(&key, 3).await;
+    let first = gw.emit(&event, json!({"n": 1})).await;
+    assert_eq!(poll_seen(&gw, &key, 5, "").await.status, 200);
+    let r = poll_seen(&gw, &key, 3, "").await;
     assert_eq!((r.status, r.body.as_str()), (409, "Stale sequence"));
     assert_eq!(r.sequence(), Some(5));
     // A client that restarted goes on from the named sequence plus one.
     gw.emit(&event, json!({"n": 2})).await;
-    assert_eq!(gw.poll(&key, 6).await.json()["n"], 2);
+    assert_eq!(poll_seen(&gw, &key, 6, &first).await.json()["n"], 2);
     // After the ack, going back to 5 is stale too.
-    assert_eq!(gw.poll(&key, 5).await.status, 409);
+    assert_eq!(poll_seen(&gw, &key, 5, &first).await.status, 409);
+    assert_eq!(gw.metric("longpoll_sequence_restarts_total").await, 0.0);
+}
+
+async fn p4_legacy_restart_below_the_held_answer_is_served_at_once_with_that_answer_requeued(
+    backend: Backend,
+) {
+    let gw = TestGateway::start(backend).await;
+    let event = unique("longpoll.event.restart");
+    let key = gw.subscribe(&[&event]).await;
+    let a = gw.emit(&event, json!({"n": "A"})).await;
+    let b = gw.emit(&event, json!({"n": "B"})).await;
+    // A txlongpoll client (no `seen`) got A at 7, then its page was reloaded
+    // and counts from 1 again: A, never shown on the new page, comes back
+    // (requeued at its place, not lost), then B.
+    assert_eq!(gw.poll(&key, 7).await.message_id(), a);
+    let restarted = gw.poll(&key, 1).await;
+    assert_eq!(restarted.status, 200, "never 409: {}", restarted.body);
+    assert_eq!(restarted.message_id(), a);
+    assert_eq!(restarted.sequence(), Some(1));
+    assert_eq!(gw.poll(&key, 2).await.message_id(), b);
+    assert_eq!(gw.metric("longpoll_sequence_restarts_total").await, 1.0);
+    assert_eq!(gw.metric("longpoll_replays_total").await, 0.0);
+    eventually(Duration::from_secs(20), "A acked, B unacked", || async {
+        gw.broker_counts(&key).await == (0, 1)
+    })
+    .await;
+}
+
+async fn p4_legacy_restart_at_the_acked_last_sequence_waits_for_the_next_message(backend: Backend) {
+    let gw = TestGateway::start(backend).await;
+    let event = unique("longpoll.event.restart");
+    let key = gw.subscribe(&[&event]).await;
+    gw.emit(&event, json!({"n": "A"})).await;
+    assert_eq!(gw.poll(&key, 1).await.status, 200);
+    // The next poll acks A; the page goes away while it is held.
+    let held = spawn_poll(&gw, &key, 2);
+    eventually(Duration::from_secs(20), "A acked", || async {
+        gw.broker_counts(&key).await == (0, 0)
+    })
+    .await;
+    gw.wait_poll_at_broker(&key).await;
+    held.abort();
+    gw.wait_metric("longpoll_polls_held", 0.0).await;
+    // The page, restored from the cache, polls 1 again: held, not 409, and
+    // answered with the next message.
+    let restored = spawn_poll(&gw, &key, 1);
+    gw.wait_metric("longpoll_polls_held", 1.0).await;
+    let c = gw.emit(&event, json!({"n": "C"})).await;
+    let r = restored.await.unwrap();
+    assert_eq!((r.status, r.message_id()), (200, c.as_str()));
+    assert_eq!(r.sequence(), Some(1));
+    assert_eq!(gw.metric("longpoll_sequence_restarts_total").await, 1.0);
 }
 
 async fn p5_a_client_gone_before_the_answer_leaves_its_messages_in_the_queue_in_order(

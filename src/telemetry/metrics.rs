@@ -47,6 +47,7 @@ pub struct Metrics {
     pub messages_skipped: Counter,
     pub replays: Counter,
     pub supersedes: Counter,
+    pub sequence_restarts: Counter,
     pub events_published: Counter,
     pub broker_connected: Gauge,
     pub broker_reconnects: Counter,
@@ -79,6 +80,7 @@ impl Metrics {
             messages_skipped: Counter::default(),
             replays: Counter::default(),
             supersedes: Counter::default(),
+            sequence_restarts: Counter::default(),
             events_published: Counter::default(),
             broker_connected: Gauge::default(),
             broker_reconnects: Counter::default(),
@@ -152,6 +154,11 @@ impl Metrics {
             "supersedes",
             "Held polls answered 409 because a newer poll for the same uuid arrived",
             m.supersedes.clone(),
+        );
+        registry.register(
+            "sequence_restarts",
+            "Polls without `seen` at or below their uuid's last answered sequence, served as a restart of the count (txlongpoll clients after a reload)",
+            m.sequence_restarts.clone(),
         );
         registry.register(
             "events_published",

@@ -4,7 +4,9 @@
 //! (uuid, n) answered with a message  → the message stays unacked, the answer is kept
 //! (uuid, n) again                    → the same answer (replay), nothing consumed
 //! (uuid, m > n)                      → ack n (the client has it), wait for the next
-//! (uuid, m < last answered)          → 409 "Stale sequence", X-Longpoll-Sequence: last
+//! (uuid, m < last answered), `seen`   → 409 "Stale sequence", X-Longpoll-Sequence: last
+//! (uuid, m ≤ last answered), no `seen` → legacy restart: the held answer is requeued,
+//!                                        the poll waits, the count goes on from m
 //! a second poll while one is held    → the newer waits, the older gets 409 "Superseded"
 //! client gone before the answer      → the message goes back to its queue (requeue)
 //! no retry within --replay-ttl       → the unacked message is requeued

@@ -142,15 +142,18 @@ impl SequenceStore {
                 self.metrics.replays.inc();
                 return Decision::Replay(answered.answer.clone());
             }
-            if sequence < answered_seq {
+            if sequence < answered_seq && seen.is_some() {
                 return Decision::Stale {
                     last_answered: answered_seq,
                 };
             }
+            let restart = sequence < answered_seq;
             // A higher sequence says the client has an answer for that sequence;
             // its `seen` list, when sent, says whether it is this one (another
-            // replica may have answered a retry of it).
-            let shown = seen.is_none_or(|ids| ids.contains(&answered.answer.message_id));
+            // replica may have answered a retry of it). A restart of the count
+            // proves nothing: the answer goes back to its queue.
+            let shown =
+                !restart && seen.is_none_or(|ids| ids.contains(&answered.answer.message_id));
             previous = slot.answered.take().and_then(|a| a.acker).map(|acker| {
                 if shown {
                     Previous::Ack(acker)
@@ -159,13 +162,20 @@ impl SequenceStore {
                 }
             });
             st.answered -= 1;
+            if restart {
+                self.restart(slot);
+            }
         } else if let Some((last_seq, _)) = &slot.last
             && sequence <= *last_seq
         {
-            // Its answer was acked because a higher sequence came: going back is stale.
-            return Decision::Stale {
-                last_answered: *last_seq,
-            };
+            // Its answer was acked because a higher sequence came: going back is
+            // stale for a client that sends `seen`, a restart for one that does not.
+            if seen.is_some() {
+                return Decision::Stale {
+                    last_answered: *last_seq,
+                };
+            }
+            self.restart(slot);
         }
         if let Some(previous) = slot.held.take() {
             self.metrics.supersedes.inc();
@@ -187,6 +197,18 @@ impl SequenceStore {
             previous,
             last_message_id,
         })
+    }
+
+    /// Legacy restart: a client without `seen` (txlongpoll's own) polls at or
+    /// below the last answered sequence — a page restored from the cache, or
+    /// reloaded with the same key. Those clients take any answer other than
+    /// 200/408 as a failure and wait seconds to minutes before the next try, so
+    /// instead of 409 the count starts again from this poll's sequence. The
+    /// last answered id is forgotten too: the message it names, requeued, must
+    /// reach the restarted page rather than be skipped as a redelivery.
+    fn restart(&self, slot: &mut Slot) {
+        slot.last = None;
+        self.metrics.sequence_restarts.inc();
     }
 
     /// A waiting poll ended. With an answer, the answer (and its unacked
@@ -328,43 +350,91 @@ mod tests {
         }
     }
 
+    /// An acker that does nothing, to follow what happens to an answer's message.
+    fn acker(metrics: &Arc<Metrics>) -> Option<Acker> {
+        struct Nothing;
+        #[async_trait::async_trait]
+        impl crate::broker::Settle for Nothing {
+            async fn ack(&self) -> Result<(), crate::broker::BrokerError> {
+                Ok(())
+            }
+            async fn requeue(&self) -> Result<(), crate::broker::BrokerError> {
+                Ok(())
+            }
+        }
+        Some(Acker::new(Box::new(Nothing), metrics.clone()))
+    }
+
     #[tokio::test]
-    async fn same_sequence_replays_and_lower_is_stale() {
+    async fn same_sequence_replays_and_lower_is_stale_for_a_client_that_sends_seen() {
         let s = store(Duration::from_secs(60), 10);
-        let w = wait(s.begin("u", 5, None));
+        let seen = SeenIds::parse("m5");
+        let w = wait(s.begin("u", 5, Some(&seen)));
         s.finish("u", w.ticket, Some((answer(5, "m5"), None)));
-        assert!(matches!(s.begin("u", 5, None), Decision::Replay(a) if &*a.message_id == "m5"));
+        assert!(
+            matches!(s.begin("u", 5, Some(&seen)), Decision::Replay(a) if &*a.message_id == "m5")
+        );
         assert!(matches!(
-            s.begin("u", 4, None),
+            s.begin("u", 4, Some(&seen)),
             Decision::Stale { last_answered: 5 }
         ));
-        let next = wait(s.begin("u", 6, None));
+        let next = wait(s.begin("u", 6, Some(&seen)));
         assert_eq!(next.last_message_id.as_deref(), Some("m5"));
         assert!(matches!(next.previous, Some(Previous::Ack(_)) | None));
         // After the ack, going back is stale too.
         assert!(matches!(
-            s.begin("u", 5, None),
+            s.begin("u", 5, Some(&seen)),
             Decision::Stale { last_answered: 5 }
         ));
+    }
+
+    #[tokio::test]
+    async fn without_seen_a_lower_sequence_restarts_the_count_and_requeues_the_held_answer() {
+        let metrics = Arc::new(Metrics::new());
+        let s = store(Duration::from_secs(60), 10);
+        let w = wait(s.begin("u", 7, None));
+        s.finish("u", w.ticket, Some((answer(7, "m7"), acker(&metrics))));
+        // A reloaded page starts again at 1: it waits, and the answer it never
+        // showed goes back to the queue, with nothing left to skip it.
+        let restarted = wait(s.begin("u", 1, None));
+        assert!(matches!(restarted.previous, Some(Previous::Requeue(_))));
+        assert_eq!(restarted.last_message_id, None);
+        assert_eq!(s.answered(), 0);
+        // The count goes on from 1: a retry of 1 after its answer replays it,
+        // and 2 acks it.
+        s.finish(
+            "u",
+            restarted.ticket,
+            Some((answer(1, "m7"), acker(&metrics))),
+        );
+        assert!(matches!(s.begin("u", 1, None), Decision::Replay(a) if &*a.message_id == "m7"));
+        let next = wait(s.begin("u", 2, None));
+        assert!(matches!(next.previous, Some(Previous::Ack(_))));
+    }
+
+    #[tokio::test]
+    async fn without_seen_a_sequence_at_the_acked_last_one_restarts_the_count() {
+        let metrics = Arc::new(Metrics::new());
+        let s = store(Duration::from_secs(60), 10);
+        let w = wait(s.begin("u", 3, None));
+        s.finish("u", w.ticket, Some((answer(3, "m3"), acker(&metrics))));
+        let next = wait(s.begin("u", 4, None));
+        assert!(matches!(next.previous, Some(Previous::Ack(_))));
+        s.finish("u", next.ticket, None);
+        // 3 was acked; going back to it (or below) is a restart, never a 409.
+        for sequence in [3, 1] {
+            let restarted = wait(s.begin("u", sequence, None));
+            assert!(restarted.previous.is_none());
+            assert_eq!(restarted.last_message_id, None);
+            s.finish("u", restarted.ticket, None);
+        }
     }
 
     #[tokio::test]
     async fn a_higher_sequence_acks_only_an_answer_the_client_shows() {
         let s = store(Duration::from_secs(60), 10);
         let metrics = Arc::new(Metrics::new());
-        let acker = || {
-            struct Nothing;
-            #[async_trait::async_trait]
-            impl crate::broker::Settle for Nothing {
-                async fn ack(&self) -> Result<(), crate::broker::BrokerError> {
-                    Ok(())
-                }
-                async fn requeue(&self) -> Result<(), crate::broker::BrokerError> {
-                    Ok(())
-                }
-            }
-            Some(Acker::new(Box::new(Nothing), metrics.clone()))
-        };
+        let acker = || acker(&metrics);
         let w = wait(s.begin("u", 1, Some(&SeenIds::parse(""))));
         s.finish("u", w.ticket, Some((answer(1, "m1"), acker())));
         // The client's next poll shows m1: acked.
