@@ -111,6 +111,9 @@ fn main() -> ExitCode {
             };
             // Flushed below, outside block_on but with the runtime still alive.
             let telemetry = telemetry::init(Some(settings.log_format));
+            for notice in &settings.config_notices {
+                tracing::info!("{notice}");
+            }
             #[cfg(feature = "jemalloc")]
             spawn_page_purger();
             let result = runtime.block_on(gateway::serve(settings));

@@ -95,6 +95,123 @@ async fn flag_beats_environment_beats_file_beats_default() {
     assert_eq!(probe(&gw).await, "Async frontend for longpoll.subscribe.");
 }
 
+/// A txlongpoll deployment's YAML file, as its etc/txlongpoll.yaml is laid out,
+/// pointing at the tests' RabbitMQ.
+fn txlongpoll_yaml(prefix: &str) -> String {
+    let amqp = url::Url::parse(&common::amqp_url()).unwrap();
+    format!(
+        "## txlongpoll configuration.\n\
+         frontend:\n  port: 56100\n  prefix: {prefix}\n\
+         oops:\n  directory: \"/var/tmp/oops\"\n  reporter: \"LONGPOLL\"\n\
+         broker:\n  host: \"{host}\"\n  port: {port}\n  username: {user}\n  password: \"{password}\"\n  vhost: \"/\"\n\
+         logfile: \"txlongpoll.log\"\n",
+        host = amqp.host_str().unwrap(),
+        port = amqp.port().unwrap_or(5672),
+        user = amqp.username(),
+        password = amqp.password().unwrap_or(""),
+    )
+}
+
+#[tokio::test]
+async fn a_txlongpoll_config_file_is_read_as_a_drop_in_below_the_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("txlongpoll.yaml");
+    std::fs::write(&path, txlongpoll_yaml("lp.txlongpoll.")).unwrap();
+    let file = path.to_str().unwrap();
+    // The harness's --listen flag beats the file's frontend.port.
+    let gw = GatewayProcess::start(
+        &[
+            "--txlongpoll-config",
+            file,
+            "--api-token",
+            common::TOKEN,
+            "--exchange",
+            "longpoll.test",
+        ],
+        &[],
+    )
+    .await;
+    let http = client();
+    let probe = http.get(format!("{}/", gw.base)).send().await.unwrap();
+    assert_eq!(
+        probe.text().await.unwrap(),
+        "Async frontend for lp.txlongpoll."
+    );
+    // The broker is the file's: RabbitMQ, ready, and a poll goes through it.
+    eventually(Duration::from_secs(20), "ready on RabbitMQ", || async {
+        status(&format!("{}/readyz", gw.admin)).await == 200
+    })
+    .await;
+    let event = unique("longpoll.event.txlongpoll");
+    let r = http
+        .post(format!("{}/api/v1/subscriptions", gw.base))
+        .bearer_auth(common::TOKEN)
+        .json(&json!({ "event_keys": [event] }))
+        .send()
+        .await
+        .unwrap();
+    let key = r.json::<serde_json::Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(key.starts_with("lp.txlongpoll."), "{key}");
+    assert_eq!(common::amqp::rabbitmqctl_counts(&key).await, (0, 0));
+    http.post(format!("{}/api/v1/events/{event}", gw.base))
+        .bearer_auth(common::TOKEN)
+        .json(&json!({"n": 1}))
+        .send()
+        .await
+        .unwrap();
+    let r = Poll::read(
+        http.get(format!("{}/?uuid={key}&sequence=1", gw.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((r.status, r.json()["n"].clone()), (200, json!(1)));
+    // What the gateway does not use is said once per key, and no secret is.
+    let logs = gw.logs();
+    for key in ["oops.directory", "oops.reporter", "logfile"] {
+        let lines = logs
+            .lines()
+            .filter(|l| l.contains(&format!("txlongpoll config: {key} ignored")))
+            .count();
+        assert_eq!(lines, 1, "{key}: {logs}");
+    }
+    let password = url::Url::parse(&common::amqp_url())
+        .unwrap()
+        .password()
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(!logs.contains(&format!(":{password}@")), "{logs}");
+
+    // A flag still wins over the file.
+    let gw = GatewayProcess::start(
+        &["--txlongpoll-config", file, "--queue-prefix", "from.flag."],
+        &[],
+    )
+    .await;
+    let probe = http.get(format!("{}/", gw.base)).send().await.unwrap();
+    assert_eq!(probe.text().await.unwrap(), "Async frontend for from.flag.");
+}
+
+#[tokio::test]
+async fn a_bad_txlongpoll_config_file_is_named_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("txlongpoll.yaml");
+    std::fs::write(&path, "frontend:\n  port: lots\n").unwrap();
+    let (code, _, err) = run(
+        &["serve", "--txlongpoll-config", path.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("frontend.port"), "{err}");
+    assert!(err.contains("txlongpoll.yaml"), "{err}");
+}
+
 #[tokio::test]
 async fn a_broker_down_at_start_is_not_an_error_and_readyz_says_503() {
     // Port 1 on loopback: nothing listens there.

@@ -17,6 +17,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
+pub mod txlongpoll;
+
 /// One line saying what is wrong with the configuration.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -55,6 +57,10 @@ pub struct ServeArgs {
     /// TOML file that may set any of the settings below (keys named like the flags).
     #[arg(long, value_name = "FILE", env = "LONGPOLL_CONFIG")]
     pub config: Option<PathBuf>,
+    /// A txlongpoll YAML configuration read as a drop-in (frontend port and
+    /// prefix, broker host/port/username/password/vhost), below --config.
+    #[arg(long, value_name = "FILE")]
+    pub txlongpoll_config: Option<PathBuf>,
     /// Public listener: long-polls, JS client, demo, management API.
     #[arg(long, value_name = "ADDR", env = "LONGPOLL_LISTEN")]
     pub listen: Option<String>,
@@ -334,6 +340,9 @@ pub struct Settings {
     pub memory: MemoryLimits,
     pub limits: ConnectionLimits,
     pub broker_tls: BrokerTls,
+    /// Lines about the configuration to log once logging is up (keys of a
+    /// txlongpoll file that were ignored, its defaults that were taken).
+    pub config_notices: Vec<String>,
 }
 
 /// Default channel pool size: enough operation channels that declares, binds and
@@ -374,6 +383,7 @@ impl Default for Settings {
                 http2_max_streams: 10_000,
             },
             broker_tls: BrokerTls::default(),
+            config_notices: Vec::new(),
         }
     }
 }
@@ -483,10 +493,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 impl ServeArgs {
     /// Merges flag/env, file and defaults, and validates everything.
     pub fn into_settings(self) -> Result<Settings, ConfigError> {
-        let file = match &self.config {
+        let mut file = match &self.config {
             Some(path) => FileValues::load(path)?,
             None => FileValues::default(),
         };
+        // A txlongpoll file sits below the --config file.
+        let mut config_notices = Vec::new();
+        if let Some(path) = &self.txlongpoll_config {
+            let legacy = txlongpoll::TxlongpollConfig::load(path)?;
+            for (key, value) in legacy.values {
+                file.0.entry(key).or_insert(value);
+            }
+            config_notices = legacy.notices;
+        }
         let d = Settings::default();
         // flag/env (already merged by clap) first, then the file.
         let pick = |cli: &Option<String>, key: &str| -> Option<String> {
@@ -744,6 +763,7 @@ impl ServeArgs {
             memory,
             limits,
             broker_tls,
+            config_notices,
         })
     }
 }
