@@ -3,7 +3,9 @@
 // (the gateway). The proxy can strip a path prefix (like an ingress rewrite),
 // rewrite requests, hold upstream answers back (a response lost on the way), or
 // park requests (a client whose next poll has not reached the gateway yet).
+import { readFile } from 'node:fs/promises';
 import http from 'node:http';
+import path from 'node:path';
 
 /** The HTML of a test page that loads `script` and records the client's events. */
 export function testPage({ script = '/longpoll.js', head = '' } = {}) {
@@ -47,8 +49,10 @@ export class Site {
     return site;
   }
 
-  constructor({ pages = {}, upstream = null, prefix = '', handle = null } = {}) {
+  constructor({ pages = {}, upstream = null, prefix = '', handle = null, dirs = {} } = {}) {
     this.pages = pages;
+    /** URL prefix (ending in /) → directory whose files are served under it. */
+    this.dirs = dirs;
     this.upstream = upstream;
     this.prefix = prefix;
     this.handle = handle;
@@ -71,6 +75,8 @@ export class Site {
 
   _serve(req, res) {
     const url = new URL(req.url, 'http://site');
+    const dir = Object.keys(this.dirs).find((p) => url.pathname.startsWith(p));
+    if (dir !== undefined) return this._file(res, this.dirs[dir], url.pathname.slice(dir.length));
     const page = this.pages[url.pathname];
     if (page !== undefined) {
       // A string is an HTML page; {type, body} any other file.
@@ -96,6 +102,20 @@ export class Site {
       return;
     }
     this._forward(req, res);
+  }
+
+  async _file(res, root, relative) {
+    const file = path.resolve(root, decodeURIComponent(relative));
+    const types = { '.js': 'text/javascript; charset=utf-8', '.css': 'text/css', '.json': 'application/json' };
+    try {
+      if (!file.startsWith(path.resolve(root) + path.sep)) throw new Error('outside');
+      const body = await readFile(file);
+      res.writeHead(200, { 'Content-Type': types[path.extname(file)] || 'application/octet-stream' });
+      res.end(body);
+    } catch {
+      res.writeHead(404, { 'Content-Type': 'text/plain' });
+      res.end('no such file');
+    }
   }
 
   _forward(req, res) {
