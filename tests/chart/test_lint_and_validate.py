@@ -40,7 +40,7 @@ SCHEMA_COVERED = {
 WARNING = 2  # helm lint severities: 1 info, 2 warning, 3 error
 
 
-@pytest.mark.parametrize("name", ["default", "rabbitmq", "everything"])
+@pytest.mark.parametrize("name", ["default", "rabbitmq", "everything", "everything-operator"])
 def test_lint_reports_no_warning_or_error(name):
     report = helm_python.lint(CHART_DIR, VALUE_SETS[name], strict=True)
     assert report["errors"] == []
