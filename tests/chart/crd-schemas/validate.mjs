@@ -5,9 +5,9 @@
 // {apiVersion, kind, name, covered, errors}: covered = false when no package here has that
 // kind (the chart tests then check it against the project's API reference themselves).
 //
-// The packages' validators check types, enums, required fields, patterns and formats; like
-// the API server's structural schemas they do not reject unknown fields, so the chart tests
-// also compare each custom resource's spec whole.
+// The packages' validators check types, enums, required fields, patterns and formats; they
+// do not reject an unknown field (the CRDs leave that to the API server, which prunes it), so
+// the chart tests also assert the hashing policies' specs whole.
 
 const MODELS = {
   "gateway.networking.k8s.io/v1 HTTPRoute":
