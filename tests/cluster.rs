@@ -1,12 +1,15 @@
-//! Horizontal scaling, proven end to end: 3 gateway replicas on RabbitMQ behind Debian's
-//! nginx, configured from the Helm chart (scripts/cluster-nginx-conf), with clients that
-//! follow the contract's client rules — through crashes, scale-down, a RabbitMQ restart,
-//! scale-out, answers lost in flight, with and without consistent hashing. Every client
-//! must get every event, in order, exactly once after dropping duplicate message ids.
+//! Horizontal scaling, proven end to end: 3 gateway replicas on RabbitMQ behind two real
+//! proxies configured from the Helm chart — Debian's nginx as the F5 NGINX Ingress Controller
+//! generates it (scripts/cluster-nginx-conf) and Debian's haproxy as the HAProxy Kubernetes
+//! Ingress Controller generates it (scripts/cluster-haproxy-conf) — with clients that follow
+//! the contract's client rules, through crashes, scale-down, a RabbitMQ restart, scale-out,
+//! answers lost in flight, with and without consistent hashing. Every client must get every
+//! event, in order, exactly once after dropping duplicate message ids.
 //!
 //! `LONGPOLL_CLUSTER_SCALE=short` (the default, in `make test`) or `full`
 //! (`make cluster-test`: 500 subscriptions × 20 events). `LONGPOLL_CLUSTER_ONLY=a,b` runs
-//! only the scenarios with those ids (`LONGPOLL_CLUSTER_SKIP=f2` leaves some out);
+//! only the scenarios with those ids (a … f2 and g-a … g-f2 through nginx, h-a … h-f2 through
+//! haproxy; `LONGPOLL_CLUSTER_SKIP=f2` leaves some out);
 //! `LONGPOLL_CLUSTER_SUBSCRIPTIONS` and `LONGPOLL_CLUSTER_EVENTS` override the sizes.
 //! The results table goes to target/cluster/results.md; docs/scaling.md explains it.
 //!
@@ -32,9 +35,10 @@ use std::time::{Duration, Instant};
 
 use hop::Cut;
 use scenario::{Fault, Outcome, Scale, Spec};
+use topology::ProxyKind;
 
-/// Every scenario: a–f with consistent hashing (the chart's default), then g = the same
-/// with hashing off (round-robin).
+/// Every scenario: a–f through nginx with consistent hashing (the chart's default), g = the
+/// same with hashing off (round-robin), h = a–f through haproxy with consistent hashing.
 fn scenarios() -> Vec<Spec> {
     let base = [
         ("a", "steady state", Fault::None),
@@ -54,26 +58,28 @@ fn scenarios() -> Vec<Spec> {
         ),
     ];
     let mut specs = Vec::new();
-    for hash in [true, false] {
+    for (proxy, hash, prefix) in [
+        (ProxyKind::Nginx, true, ""),
+        (ProxyKind::Nginx, false, "g"),
+        (ProxyKind::Haproxy, true, "h"),
+    ] {
         for (id, title, fault) in base {
+            let (id, title) = match prefix {
+                "" => (id.to_owned(), format!("{id}) {title}")),
+                "g" => (format!("g-{id}"), format!("g/{id}) {title}, round-robin")),
+                _ => (format!("h-{id}"), format!("h/{id}) {title}, haproxy")),
+            };
             specs.push(Spec {
-                id: if hash {
-                    id.to_owned()
-                } else {
-                    format!("g-{id}")
-                },
-                title: if hash {
-                    format!("{id}) {title}")
-                } else {
-                    format!("g/{id}) {title}, round-robin")
-                },
-                fault,
-                hash,
-                // Round-robin sends a client's polls to every replica; so does plain
-                // nginx's next-upstream retry in f2: order is reported, not asserted
+                // Round-robin sends a client's polls to every replica; so does the proxy's
+                // retry on another server in f2: order is reported, not asserted
                 // (docs/scaling.md, "Order").
-                strict_order: hash && id != "f2",
-                browser: hash && fault == Fault::Kill,
+                strict_order: hash && !id.ends_with("f2"),
+                browser: proxy == ProxyKind::Nginx && hash && fault == Fault::Kill,
+                id,
+                title,
+                fault,
+                proxy,
+                hash,
             });
         }
     }
@@ -82,14 +88,10 @@ fn scenarios() -> Vec<Spec> {
 
 /// Why the cluster test cannot run here (it is then skipped), or None.
 async fn prerequisites() -> Option<String> {
-    let nginx = || {
-        std::process::Command::new("nginx")
-            .arg("-v")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !nginx() || !topology::venv_python().exists() {
-        // Install nginx (Debian's package) and make the chart venv, as make cluster-test does.
+    let proxies = [ProxyKind::Nginx, ProxyKind::Haproxy];
+    if proxies.iter().any(|p| !p.installed()) || !topology::venv_python().exists() {
+        // Install nginx and haproxy (Debian's packages) and make the chart venv, as make
+        // cluster-test does.
         let prepare = tokio::process::Command::new(topology::root().join("scripts/cluster-test"))
             .arg("--prepare")
             .kill_on_drop(true)
@@ -99,15 +101,16 @@ async fn prerequisites() -> Option<String> {
             other => eprintln!("scripts/cluster-test --prepare failed: {other:?}"),
         }
     }
-    if !nginx() {
-        return Some(
-            "nginx is not installed and could not be installed (apt-get install nginx)".into(),
-        );
+    if let Some(missing) = proxies.iter().find(|p| !p.installed()) {
+        return Some(format!(
+            "{0} is not installed and could not be installed (apt-get install {0})",
+            missing.name()
+        ));
     }
     assert!(
         topology::venv_python().exists(),
         "the chart venv (target/chart-venv, made by scripts/chart-test) is missing: \
-         the nginx configuration is rendered from the chart with it"
+         the proxy configurations are rendered from the chart with it"
     );
     None
 }
@@ -115,7 +118,7 @@ async fn prerequisites() -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_client_gets_every_event_once_in_order_through_failures_and_scaling() {
     if let Some(why) = prerequisites().await {
-        eprintln!("SKIPPED: the cluster test needs nginx: {why}");
+        eprintln!("SKIPPED: the cluster test needs nginx and haproxy: {why}");
         return;
     }
     let scale = Scale::from_env();

@@ -88,6 +88,42 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         RABBITMQ, {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}
     ),
     "httproute": deep_merge(RABBITMQ, {"httpRoute": {"enabled": True}}),
+    **{
+        f"httproute-{implementation}": deep_merge(
+            RABBITMQ, {"httpRoute": {"enabled": True, "implementation": implementation}}
+        )
+        for implementation in ("envoy-gateway", "istio", "kong", "other")
+    },
+    "httproute-envoy-gateway-no-hash-no-retry": deep_merge(
+        RABBITMQ,
+        {"httpRoute": {"enabled": True, "hashByUuid": False, "envoyGateway": {"numRetries": 0}}},
+    ),
+    **{
+        f"ingress-{controller}": deep_merge(
+            RABBITMQ, {"ingress": {"enabled": True, "controller": controller}}
+        )
+        for controller in ("nginx-inc", "haproxy", "traefik", "ingress-nginx")
+    },
+    "rabbitmq-cluster": {"replicaCount": 3, "rabbitmq": {"cluster": {"enabled": True}}},
+    "rabbitmq-cluster-service-address": {
+        "replicaCount": 2,
+        "rabbitmq": {"cluster": {"enabled": True, "addresses": "service", "replicas": 1}},
+        "config": {"apiToken": "token"},
+    },
+    "keda": deep_merge(RABBITMQ, {"keda": {"enabled": True}}),
+    "keda-held-polls-only": deep_merge(
+        RABBITMQ, {"keda": {"enabled": True, "cpuUtilizationPercentage": None}}
+    ),
+    "everything-operator": {
+        "rabbitmq": {"cluster": {"enabled": True, "image": "rabbitmq:4.3-management"}},
+        "keda": {"enabled": True},
+        "ingress": {"enabled": True, "controller": "haproxy"},
+        "httpRoute": {"enabled": True, "implementation": "istio"},
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "networkPolicy": {"enabled": True},
+        "config": {"apiToken": "token"},
+    },
     "everything": deep_merge(
         RABBITMQ,
         {
@@ -164,9 +200,118 @@ def duration_seconds(text: str) -> float:
     return sum(int(n) * units[u] for n, u in parts)
 
 
-# Kinds whose schemas kubernetes-validate does not ship (CRDs): their structure is asserted
-# by the tests instead.
-CRD_KINDS = {"ServiceMonitor", "HTTPRoute"}
+# Custom resources: kubernetes-validate ships only the core kinds' schemas. Each one here is
+# validated against its project's published schema (validate_custom_resources) or, where no
+# package has it, against the fields of its project's API reference (REFERENCE_FIELDS).
+CRD_KINDS = {
+    "ServiceMonitor",
+    "PrometheusRule",
+    "HTTPRoute",
+    "BackendTrafficPolicy",
+    "DestinationRule",
+    "KongUpstreamPolicy",
+    "ScaledObject",
+    "RabbitmqCluster",
+}
+
+CRD_PROJECT = ROOT / "tests" / "chart" / "crd-schemas"
+
+
+def validate_custom_resources(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each custom resource checked by tests/chart/crd-schemas (Node, the kubernetes-models
+    packages): [{apiVersion, kind, name, covered, errors}] in the order given."""
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        ["node", str(CRD_PROJECT / "validate.mjs")],
+        input=json.dumps(docs),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, f"crd-schemas/validate.mjs failed: {out.stderr}"
+    return json.loads(out.stdout)
+
+
+# Kinds no schema package covers (checked: no kubernetes-models package for Kong or the
+# RabbitMQ Cluster Operator; kube-custom-resources-rs' last release is from 2024): the fields
+# the chart may write, as their projects' API references list them. A nested dict lists the
+# fields of an object; None accepts any value there (a Kubernetes core type such as
+# ResourceRequirements, or free text).
+REFERENCE_FIELDS: dict[tuple[str, str], dict[str, Any]] = {
+    # Kong Ingress Controller, KongUpstreamPolicy (configuration.konghq.com/v1beta1), as its
+    # CRD reference lists it (developer.konghq.com, "Custom resources"), with its two rules:
+    # one hashOn input at most, and hashOn only with algorithm consistent-hashing.
+    ("configuration.konghq.com/v1beta1", "KongUpstreamPolicy"): {
+        "algorithm": {"enum": ["round-robin", "consistent-hashing", "least-connections", "latency"]},
+        "slots": None,
+        "hashOn": {"fields": {"input": None, "header": None, "cookie": None, "cookiePath": None, "queryArg": None, "uriCapture": None}},
+        "hashOnFallback": {"fields": {"input": None, "header": None, "cookie": None, "cookiePath": None, "queryArg": None, "uriCapture": None}},
+        "healthchecks": None,
+    },
+    # RabbitMQ Cluster Operator, RabbitmqCluster (rabbitmq.com/v1beta1):
+    # https://www.rabbitmq.com/kubernetes/operator/using-operator (API reference in the
+    # operator's docs/api/rabbitmq.com.ref.asciidoc)
+    ("rabbitmq.com/v1beta1", "RabbitmqCluster"): {
+        "replicas": {"type": int},
+        "image": {"type": str},
+        "imagePullSecrets": None,
+        "service": {"fields": {"type": None, "annotations": None, "ipFamilyPolicy": None}},
+        "persistence": {"fields": {"storageClassName": {"type": str}, "storage": {"type": str}}},
+        "resources": None,
+        "affinity": None,
+        "tolerations": None,
+        "rabbitmq": {"fields": {"additionalPlugins": None, "additionalConfig": {"type": str}, "advancedConfig": {"type": str}, "envConfig": {"type": str}, "erlangInetConfig": {"type": str}}},
+        "tls": None,
+        "override": None,
+        "skipPostDeploySteps": {"type": bool},
+        "terminationGracePeriodSeconds": {"type": int},
+        "delayStartSeconds": {"type": int},
+        "secretBackend": None,
+        "autoEnableAllFeatureFlags": {"type": bool},
+    },
+}
+
+
+def reference_field_errors(doc: dict[str, Any]) -> list[str]:
+    """Fields of doc's spec that its project's API reference does not list (or of a wrong
+    type or value); an error when the kind has no reference here."""
+    fields = REFERENCE_FIELDS.get((doc["apiVersion"], doc["kind"]))
+    if fields is None:
+        return [f"no API reference recorded for {doc['apiVersion']} {doc['kind']}"]
+    errors: list[str] = []
+
+    def walk(node: Any, allowed: dict[str, Any], path: str) -> None:
+        if not isinstance(node, dict):
+            errors.append(f"{path}: not an object")
+            return
+        for key, value in node.items():
+            here = f"{path}.{key}"
+            if key not in allowed:
+                errors.append(f"{here}: not a field of {doc['kind']}")
+                continue
+            rule = allowed[key]
+            if rule is None:
+                continue
+            if "type" in rule and not isinstance(value, rule["type"]):
+                errors.append(f"{here}: {value!r} is not a {rule['type'].__name__}")
+            if "enum" in rule and value not in rule["enum"]:
+                errors.append(f"{here}: {value!r} is not one of {rule['enum']}")
+            if "fields" in rule:
+                walk(value, rule["fields"], here)
+
+    if set(doc) - {"apiVersion", "kind", "metadata", "spec"}:
+        errors.append(f"unexpected top-level keys {sorted(set(doc) - {'apiVersion', 'kind', 'metadata', 'spec'})}")
+    spec = doc.get("spec", {})
+    walk(spec, fields, "spec")
+    if doc["kind"] == "KongUpstreamPolicy" and "hashOn" in spec:
+        if len(spec["hashOn"]) != 1:
+            errors.append(f"spec.hashOn: exactly one input, got {sorted(spec['hashOn'])}")
+        if spec.get("algorithm") != "consistent-hashing":
+            errors.append("spec.hashOn needs spec.algorithm: consistent-hashing")
+    return errors
 
 
 def _version_key(version: str) -> tuple[int, ...]:

@@ -53,12 +53,38 @@ def test_kubernetes_doc_quick_start_installs_the_chart():
 
 
 def test_kubernetes_doc_quick_start_values_render(render):
+    """The quick start: the Gateway API with Envoy Gateway and RabbitMQ from the Cluster
+    Operator."""
     match = re.search(r"cat > lp-values.yaml <<'EOF'\n(.*?)\nEOF\n", KUBERNETES_DOC.read_text(), re.S)
     assert match, "the quick start's lp-values.yaml is gone"
     rendered = render(yaml.safe_load(match.group(1)))
     assert rendered.deployment["spec"]["replicas"] == 2
     assert rendered.config["LONGPOLL_PUBLIC_URL"] == "http://localhost/longpoll/"
-    assert not rendered.has("Secret")
+    assert rendered.has("RabbitmqCluster") and rendered.has("HTTPRoute")
+    assert rendered.one("BackendTrafficPolicy")["spec"]["loadBalancer"]["type"] == "ConsistentHash"
+    assert set(rendered.one("Secret")["data"]) == {"api-token"}
+    assert "Consistent hashing on the poll's uuid: HTTPRoute (envoy-gateway)" in rendered.notes
+
+
+@pytest.mark.parametrize(
+    "doc", [README, KUBERNETES_DOC, ROOT / "README.md"], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_no_bitnami_recipe_is_left(doc):
+    """Bitnami's free images and charts were withdrawn in September 2025."""
+    assert "bitnamicharts" not in doc.read_text()
+    assert "helm install rabbitmq" not in doc.read_text()
+
+
+def test_kubernetes_doc_maps_every_ingress_nginx_annotation(render):
+    """"Coming from ingress-nginx" names each annotation the chart wrote for ingress-nginx."""
+    text = KUBERNETES_DOC.read_text()
+    section = text[text.index("## Coming from ingress-nginx") :]
+    section = section[: section.index("\n## ", 5)]
+    annotations = render(
+        {"replicaCount": 2, "existingSecret": "s", "ingress": {"enabled": True, "controller": "ingress-nginx"}}
+    ).one("Ingress")["metadata"]["annotations"]
+    for name in annotations:
+        assert f"`{name.split('/', 1)[1]}:" in section, name
 
 
 def test_kubernetes_doc_broker_tls_values_render_and_name_real_settings(render):

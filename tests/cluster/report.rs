@@ -8,12 +8,12 @@ pub fn markdown(scale: &Scale, outcomes: &[Outcome], total: std::time::Duration)
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "### Cluster test, {} scale: {} subscriptions × {} events, 3 replicas behind nginx\n",
+        "### Cluster test, {} scale: {} subscriptions × {} events, 3 replicas behind nginx and haproxy\n",
         scale.name, scale.subscriptions, scale.events
     );
     let _ = writeln!(
         s,
-        "| scenario | events | delivered | lost | duplicates shown to the app | retries (client / nginx) | replays | redeliveries | wall time |"
+        "| scenario | events | delivered | lost | duplicates shown to the app | retries (client / proxy) | replays | redeliveries | wall time |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for o in outcomes {
@@ -26,7 +26,7 @@ pub fn markdown(scale: &Scale, outcomes: &[Outcome], total: std::time::Duration)
             o.lost,
             o.duplicates_shown,
             o.retries.retries(),
-            o.nginx_retries,
+            o.proxy_retries,
             o.gateway.replays,
             o.gateway.redelivered,
             o.wall.as_secs_f64()
@@ -36,7 +36,8 @@ pub fn markdown(scale: &Scale, outcomes: &[Outcome], total: std::time::Duration)
     let _ = writeln!(
         s,
         "Retries: the clients' (rule 5: network errors, 502, 503; and 409 Stale) / the polls \
-         nginx passed to another server (`proxy_next_upstream`, from its access log). Replays \
+         the proxy passed to another server (nginx's `proxy_next_upstream`, haproxy's `retry-on` \
+         with `option redispatch`, from their access logs). Replays \
          and redeliveries: the replicas' `longpoll_replays_total` and \
          `longpoll_messages_redelivered_total`, summed over every replica (a SIGKILLed replica \
          counts up to its last scrape). Lost: events a client never got; duplicates shown: \
@@ -44,7 +45,7 @@ pub fn markdown(scale: &Scale, outcomes: &[Outcome], total: std::time::Duration)
     );
     let _ = writeln!(
         s,
-        "| scenario | client retries: network / 502 / 503 / stale | re-polls 408/504 | nginx tried another server | answers cut | duplicates dropped by id | out of order | gateway delivered / skipped / requeued / supersedes | publish retries |"
+        "| scenario | client retries: network / 502 / 503 / stale | re-polls 408/504 | proxy tried another server | answers cut | duplicates dropped by id | out of order | gateway delivered / skipped / requeued / supersedes | publish retries |"
     );
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|---:|");
     for o in outcomes {
@@ -58,7 +59,7 @@ pub fn markdown(scale: &Scale, outcomes: &[Outcome], total: std::time::Duration)
             r.http_503,
             r.stale,
             r.timeouts,
-            o.nginx_retries,
+            o.proxy_retries,
             o.cut,
             o.duplicates_dropped,
             o.out_of_order,

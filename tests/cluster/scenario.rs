@@ -1,5 +1,6 @@
-//! One scenario: a fresh topology (replicas, nginx from the chart, maybe a fault hop),
-//! subscriptions, one client per subscription polling through nginx, a publisher emitting
+//! One scenario: a fresh topology (replicas, the proxy — nginx or haproxy — from the chart,
+//! maybe a fault hop), subscriptions, one client per subscription polling through the proxy, a
+//! publisher emitting
 //! numbered events through a replica's management API, a fault in the middle — then the
 //! check that every client got every event, in order, once.
 
@@ -15,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, ClientOutcome, Progress, RetryCounts};
 use crate::hop::{Cut, FaultHop};
-use crate::topology::{BrokerRestartGuard, Nginx, Replica, TOKEN, free_ports, rabbitmqctl};
+use crate::topology::{
+    BrokerRestartGuard, Proxy, ProxyKind, Replica, TOKEN, free_ports, rabbitmqctl,
+    render_proxy_conf,
+};
 
 /// Sizes: `short` in `make test`, `full` in `make cluster-test`.
 #[derive(Debug, Clone)]
@@ -103,11 +107,11 @@ pub enum Fault {
     None,
     /// SIGKILL one replica, then start it again on the same ports.
     Kill,
-    /// SIGTERM one replica (a scale-down); nginx drops it once it has exited.
+    /// SIGTERM one replica (a scale-down); the proxy drops it once it has exited.
     Term,
     /// `rabbitmqctl stop_app` / `start_app`, between two halves of the events.
     BrokerRestart,
-    /// Start with 2 replicas; start the third and reload nginx.
+    /// Start with 2 replicas; start the third and reload the proxy.
     ScaleOut,
     /// A hop in front of one replica cuts every n-th message answer.
     DropResponses(Cut),
@@ -118,7 +122,9 @@ pub struct Spec {
     pub id: String,
     pub title: String,
     pub fault: Fault,
-    /// Consistent hashing on `$arg_uuid` (the chart's default) or round-robin.
+    /// The real proxy the clients go through, configured from the chart.
+    pub proxy: ProxyKind,
+    /// Consistent hashing on the poll's uuid (the chart's default) or round-robin.
     pub hash: bool,
     /// Assert the order per subscription (hashing) or only report it (round-robin).
     pub strict_order: bool,
@@ -150,7 +156,8 @@ pub struct Outcome {
     pub duplicates_dropped: u64,
     pub retries: RetryCounts,
     pub gateway: GatewayCounters,
-    pub nginx_retries: u64,
+    /// Polls the proxy passed to another server.
+    pub proxy_retries: u64,
     pub cut: u64,
     pub publish_retries: u64,
     pub browser: Option<crate::browser::BrowserOutcome>,
@@ -226,7 +233,7 @@ pub async fn run(spec: Spec, scale: &Scale) -> Outcome {
         .enumerate()
         .map(|(i, r)| upstream_of.of(r, i))
         .collect();
-    let nginx_port = ports[7];
+    let proxy_port = ports[7];
     let values = json!({
         "config": {
             "pollTimeout": scale.poll_timeout,
@@ -234,28 +241,32 @@ pub async fn run(spec: Spec, scale: &Scale) -> Outcome {
             "drainTimeout": "5s",
             "exchange": "longpoll.cluster",
             "subscriptionExpiry": "120s",
-            "publicUrl": format!("http://127.0.0.1:{nginx_port}/longpoll/"),
+            "publicUrl": format!("http://127.0.0.1:{proxy_port}/longpoll/"),
         },
-        "ingress": {"nginx": {"hashByUuid": spec.hash}},
+        "ingress": {"hashByUuid": spec.hash},
     });
-    let mut nginx = Nginx::start(&dir, nginx_port, &servers, values).await;
+    // The configuration first (the replicas run with its ConfigMap), the proxy once they
+    // are ready (haproxy's health checks would otherwise mark them down at its start).
+    let render = render_proxy_conf(spec.proxy, &dir, proxy_port, &servers, &values).await;
     assert_eq!(
-        nginx.render.hash_by.is_some(),
+        render.hash_by.is_some(),
         spec.hash,
         "the chart's hashing is what the scenario asked for"
     );
     assert!(
-        nginx.render.read_timeout_seconds as f64 > nginx.render.poll_timeout_seconds,
-        "nginx's read timeout is above the gateway's poll timeout: {:?}",
-        nginx.render.annotations
+        render.read_timeout_seconds as f64 > render.poll_timeout_seconds,
+        "the proxy's read timeout is above the gateway's poll timeout: {:?}",
+        render.annotations
     );
-    let env = nginx.render.env.clone();
+    check_conf_matches_render(spec.proxy, &render);
+    let env = render.env.clone();
     for r in replicas[..initial].iter_mut() {
         r.start(&env, &broker).await;
     }
     for r in replicas[..initial].iter() {
         r.wait_ready(Duration::from_secs(30)).await;
     }
+    // The hop before the proxy: haproxy's first health check must find it listening.
     let hop = match spec.fault {
         Fault::DropResponses(cut) => Some(
             FaultHop::start(
@@ -268,6 +279,7 @@ pub async fn run(spec: Spec, scale: &Scale) -> Outcome {
         ),
         _ => None,
     };
+    let mut proxy = Proxy::start(spec.proxy, &dir, proxy_port, render, values).await;
     // The publisher and the subscriptions go through r1's management API (never through
     // the ingress: the chart does not expose /api/).
     let api = replicas[1].base();
@@ -277,10 +289,10 @@ pub async fn run(spec: Spec, scale: &Scale) -> Outcome {
         .collect();
     let subscriptions = subscribe_all(&http, &api, &event_keys).await;
     for (_, uri) in &subscriptions {
-        assert_eq!(uri, &nginx.uri(), "the API hands out the chart's publicUrl");
+        assert_eq!(uri, &proxy.uri(), "the API hands out the chart's publicUrl");
     }
 
-    // The clients, through nginx.
+    // The clients, through the proxy.
     let stop = CancellationToken::new();
     let progress = Arc::new(Progress::default());
     let mut clients = JoinSet::new();
@@ -290,7 +302,7 @@ pub async fn run(spec: Spec, scale: &Scale) -> Outcome {
             key: key.clone(),
             uri: uri.clone(),
             expected: scale.events,
-            request_timeout: nginx.render.read_timeout() + Duration::from_secs(5),
+            request_timeout: proxy.render.read_timeout() + Duration::from_secs(5),
             trace_len: 64,
         };
         clients.spawn(client.run(http.clone(), progress.clone(), stop.clone(), started));
@@ -306,7 +318,7 @@ pub async fn run(spec: Spec, scale: &Scale) -> Outcome {
     };
     let browser_task = browser.as_ref().map(|(_, subs)| {
         let subs = subs.clone();
-        let uri = nginx.uri();
+        let uri = proxy.uri();
         let events = scale.events;
         let dir = dir.clone();
         let limit = scale.settle + Duration::from_secs(120);
@@ -349,7 +361,7 @@ pub async fn run(spec: Spec, scale: &Scale) -> Outcome {
                 &spec,
                 scale,
                 &replicas,
-                &mut nginx,
+                &mut proxy,
                 &book,
                 &http,
                 &progress,
@@ -404,7 +416,7 @@ pub async fn run(spec: Spec, scale: &Scale) -> Outcome {
         scale,
         &outcomes,
         book.counters(),
-        nginx.next_upstream_retries(),
+        proxy.next_upstream_retries(),
         hop.as_ref().map_or(0, |h| h.cut()),
         publish_retries,
         browser_outcome,
@@ -413,14 +425,14 @@ pub async fn run(spec: Spec, scale: &Scale) -> Outcome {
     );
     outcome.failures.splice(0..0, failures);
     outcome.notes.splice(0..0, notes);
-    drop(nginx);
+    drop(proxy);
     drop(hop);
     let mut rs = replicas.lock().await;
     rs.clear(); // kill_on_drop
     outcome
 }
 
-/// What nginx's upstream names for each replica: the fault hop stands for r0 in f.
+/// What the proxy's upstream names for each replica: the fault hop stands for r0 in f.
 struct Upstreams {
     fault: Fault,
     hop_port: u16,
@@ -442,7 +454,7 @@ async fn fault(
     spec: &Spec,
     scale: &Scale,
     replicas: &Replicas,
-    nginx: &mut Nginx,
+    proxy: &mut Proxy,
     book: &MetricsBook,
     http: &reqwest::Client,
     progress: &Progress,
@@ -469,7 +481,7 @@ async fn fault(
             ));
         }
         Fault::Term => {
-            let drain = nginx.render.drain_timeout();
+            let drain = proxy.render.drain_timeout();
             let rs = replicas.lock().await;
             book.scrape(http, &rs[0]).await;
             let t = Instant::now();
@@ -496,9 +508,10 @@ async fn fault(
                 failures.push(format!("r0 exited with {exit} after SIGTERM (want 0)"));
             }
             notes.push(format!(
-                "r0 SIGTERMed, exited {} after {:?}; then removed from nginx",
+                "r0 SIGTERMed, exited {} after {:?}; then removed from {}",
                 exit.code().map_or("by signal".into(), |c| c.to_string()),
-                t.elapsed()
+                t.elapsed(),
+                proxy.kind.name()
             ));
             let rs = replicas.lock().await;
             let servers: Vec<String> = rs
@@ -508,7 +521,7 @@ async fn fault(
                 .map(|(i, r)| upstream_of.of(r, i))
                 .collect();
             drop(rs);
-            nginx.set_servers(&servers).await;
+            proxy.set_servers(&servers).await;
         }
         Fault::BrokerRestart => {
             // Everything published so far is delivered (the answers may stay unacked:
@@ -552,11 +565,51 @@ async fn fault(
                 .map(|(i, r)| upstream_of.of(r, i))
                 .collect();
             drop(rs);
-            nginx.set_servers(&servers).await;
-            notes.push("r2 started, nginx reloaded with 3 servers".into());
+            proxy.set_servers(&servers).await;
+            notes.push(format!(
+                "r2 started, {} reloaded with 3 servers",
+                proxy.kind.name()
+            ));
         }
     }
     notes
+}
+
+/// The drift check on the written file: the directives that carry the sequence rules are in
+/// the generated configuration exactly as the chart's annotations say (hashing on uuid, and
+/// the read timeout above the poll timeout).
+fn check_conf_matches_render(kind: ProxyKind, render: &crate::topology::Render) {
+    let conf = std::fs::read_to_string(&render.conf).expect("the generated configuration");
+    let has = |line: &str| conf.lines().any(|l| l.trim() == line);
+    let read = render.read_timeout_seconds;
+    match kind {
+        ProxyKind::Nginx => {
+            assert_eq!(
+                has("hash $arg_uuid consistent;"),
+                render.hash_by.is_some(),
+                "nginx.conf hashes on $arg_uuid exactly when the chart does"
+            );
+            assert!(
+                has(&format!("proxy_read_timeout {read}s;")),
+                "nginx.conf's read timeout"
+            );
+        }
+        ProxyKind::Haproxy => {
+            assert_eq!(
+                has("balance url_param uuid") && has("hash-type consistent"),
+                render.hash_by.is_some(),
+                "haproxy.cfg hashes on the uuid URL parameter, consistently, exactly when the chart does"
+            );
+            assert!(
+                has(&format!("timeout server {read}s")),
+                "haproxy.cfg's server timeout"
+            );
+            assert!(
+                has(&format!("timeout client {read}s")),
+                "haproxy.cfg's client timeout"
+            );
+        }
+    }
 }
 
 async fn subscribe_all(
@@ -662,7 +715,7 @@ fn judge(
     scale: &Scale,
     clients: &[ClientOutcome],
     gateway: GatewayCounters,
-    nginx_retries: u64,
+    proxy_retries: u64,
     cut: u64,
     publish_retries: u64,
     browser: Option<crate::browser::BrowserOutcome>,
@@ -747,7 +800,7 @@ fn judge(
         duplicates_dropped: dropped,
         retries,
         gateway,
-        nginx_retries,
+        proxy_retries,
         cut,
         publish_retries,
         browser,
@@ -769,7 +822,7 @@ pub fn failed(spec: Spec, scale: &Scale, why: String) -> Outcome {
         duplicates_dropped: 0,
         retries: RetryCounts::default(),
         gateway: GatewayCounters::default(),
-        nginx_retries: 0,
+        proxy_retries: 0,
         cut: 0,
         publish_retries: 0,
         browser: None,

@@ -1,9 +1,10 @@
 //! The cluster under test, all on 127.0.0.1: the shared RabbitMQ, gateway replicas run as
-//! processes on fixed ports (a replica started again binds the same ones, so nginx's
-//! upstream still points at it), and Debian's nginx with a private prefix and a
-//! configuration generated from the Helm chart by `scripts/cluster-nginx-conf`.
+//! processes on fixed ports (a replica started again binds the same ones, so the proxy's
+//! upstream still points at it), and the ingress proxy — Debian's nginx or Debian's haproxy —
+//! with a private prefix and a configuration generated from the Helm chart by
+//! `scripts/cluster-nginx-conf` or `scripts/cluster-haproxy-conf`.
 //!
-//! Every child is killed on drop; nginx is stopped with its workers; RabbitMQ is started
+//! Every child is killed on drop; the proxy is stopped with its workers; RabbitMQ is started
 //! again by [`BrokerRestartGuard`] whatever happens.
 
 use std::collections::BTreeMap;
@@ -59,8 +60,43 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// What `scripts/cluster-nginx-conf` rendered: the ConfigMap's environment for the
-/// replicas and the Ingress annotations it translated.
+/// Which real proxy stands for the ingress controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// Debian's nginx, configured as the F5 NGINX Ingress Controller (the chart's default)
+    /// or ingress-nginx generate it.
+    Nginx,
+    /// Debian's haproxy, configured as the HAProxy Kubernetes Ingress Controller generates it.
+    Haproxy,
+}
+
+impl ProxyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyKind::Nginx => "nginx",
+            ProxyKind::Haproxy => "haproxy",
+        }
+    }
+
+    /// The script that renders the chart and writes this proxy's configuration.
+    fn script(self) -> &'static str {
+        match self {
+            ProxyKind::Nginx => "scripts/cluster-nginx-conf",
+            ProxyKind::Haproxy => "scripts/cluster-haproxy-conf",
+        }
+    }
+
+    /// Whether the binary is installed.
+    pub fn installed(self) -> bool {
+        std::process::Command::new(self.name())
+            .arg("-v")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+/// What the configuration script rendered: the ConfigMap's environment for the replicas and
+/// the Ingress annotations it translated.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Render {
     pub env: BTreeMap<String, String>,
@@ -85,15 +121,17 @@ impl Render {
     }
 }
 
-/// Runs the chart translator; panics with its stderr when it refuses the chart.
-pub async fn render_nginx_conf(
+/// Runs the chart translator for `kind`; panics with its stderr when it refuses the chart
+/// (an annotation it does not know, a timeout not above the poll timeout: the drift check).
+pub async fn render_proxy_conf(
+    kind: ProxyKind,
     prefix: &Path,
     listen: u16,
     servers: &[String],
     values: &serde_json::Value,
 ) -> Render {
     let mut cmd = Command::new(venv_python());
-    cmd.arg(root().join("scripts/cluster-nginx-conf"))
+    cmd.arg(root().join(kind.script()))
         .arg("--prefix")
         .arg(prefix)
         .arg("--listen")
@@ -107,14 +145,15 @@ pub async fn render_nginx_conf(
     }
     let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
         .await
-        .expect("cluster-nginx-conf finished in time")
-        .expect("run cluster-nginx-conf");
+        .expect("the proxy configuration script finished in time")
+        .expect("run the proxy configuration script");
     assert!(
         out.status.success(),
-        "scripts/cluster-nginx-conf failed: {}",
+        "{} failed: {}",
+        kind.script(),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("cluster-nginx-conf printed its JSON")
+    serde_json::from_slice(&out.stdout).expect("the configuration script printed its JSON")
 }
 
 /// One gateway replica: fixed ports, started and stopped as the scenario says.
@@ -275,8 +314,9 @@ fn signal(pid: u32, sig: &str) {
     assert!(status.success(), "kill -{sig} {pid}");
 }
 
-/// Debian's nginx with a private prefix (not the system service).
-pub struct Nginx {
+/// The ingress proxy with a private prefix (never the system service).
+pub struct Proxy {
+    pub kind: ProxyKind,
     pub port: u16,
     pub prefix: PathBuf,
     pub render: Render,
@@ -284,30 +324,44 @@ pub struct Nginx {
     child: Option<Child>,
 }
 
-impl Nginx {
-    /// Generates the configuration from the chart for `servers` and starts nginx.
+impl Proxy {
+    /// Starts the proxy on a configuration already rendered (see [`render_proxy_conf`]).
     pub async fn start(
+        kind: ProxyKind,
         prefix: &Path,
         port: u16,
-        servers: &[String],
+        render: Render,
         values: serde_json::Value,
     ) -> Self {
-        let render = render_nginx_conf(prefix, port, servers, &values).await;
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(prefix)
-            .arg("-e")
-            .arg(prefix.join("error.log"))
-            .arg("-c")
-            .arg(&render.conf)
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn nginx");
-        let mut nginx = Nginx {
+        let error_log = prefix.join("error.log");
+        let child = match kind {
+            ProxyKind::Nginx => Command::new("nginx")
+                .arg("-p")
+                .arg(prefix)
+                .arg("-e")
+                .arg(&error_log)
+                .arg("-c")
+                .arg(&render.conf)
+                .args(["-g", "daemon off;"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn nginx"),
+            // Master-worker in the foreground: SIGUSR2 reloads, the access log is stdout.
+            ProxyKind::Haproxy => Command::new("haproxy")
+                .args(["-W", "-db", "-f"])
+                .arg(&render.conf)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(prefix.join("access.log")).expect("access log"))
+                .stderr(std::fs::File::create(&error_log).expect("error log"))
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn haproxy"),
+        };
+        let mut proxy = Proxy {
+            kind,
             port,
             prefix: prefix.to_owned(),
             render,
@@ -319,19 +373,21 @@ impl Nginx {
             .await
             .is_err()
         {
-            if let Some(status) = nginx.child.as_mut().unwrap().try_wait().unwrap() {
+            if let Some(status) = proxy.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
-                    "nginx exited with {status}: {}",
-                    std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default()
+                    "{} exited with {status}: {}",
+                    kind.name(),
+                    std::fs::read_to_string(&error_log).unwrap_or_default()
                 );
             }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
-                "nginx did not listen within 10 s"
+                "{} did not listen within 10 s",
+                kind.name()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        nginx
+        proxy
     }
 
     /// The URL of the ingress path (`/longpoll/`), as the chart's publicUrl would be.
@@ -339,20 +395,26 @@ impl Nginx {
         format!("http://127.0.0.1:{}{}", self.port, self.render.paths[0])
     }
 
-    /// Regenerates the configuration for a new upstream list and reloads (SIGHUP), as the
-    /// ingress controller does when the Service's endpoints change. Old workers finish
-    /// the polls they hold.
+    /// Regenerates the configuration for a new upstream list and reloads (nginx: SIGHUP;
+    /// haproxy: SIGUSR2 to the master), as the controller does when the Service's endpoints
+    /// change. Old workers finish the polls they hold.
     pub async fn set_servers(&mut self, servers: &[String]) {
-        let render = render_nginx_conf(&self.prefix, self.port, servers, &self.values).await;
+        let render =
+            render_proxy_conf(self.kind, &self.prefix, self.port, servers, &self.values).await;
         self.render = render;
         let log = self.prefix.join("error.log");
-        let before = count_in(&log, "reconfiguring");
-        signal(self.child.as_ref().unwrap().id().unwrap(), "HUP");
+        let (signal_name, reloaded) = match self.kind {
+            ProxyKind::Nginx => ("HUP", "reconfiguring"),
+            ProxyKind::Haproxy => ("USR2", "Loading success"),
+        };
+        let before = count_in(&log, reloaded);
+        signal(self.child.as_ref().unwrap().id().unwrap(), signal_name);
         let start = Instant::now();
-        while count_in(&log, "reconfiguring") == before {
+        while count_in(&log, reloaded) == before {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
-                "nginx did not reload within 10 s"
+                "{} did not reload within 10 s",
+                self.kind.name()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -364,16 +426,32 @@ impl Nginx {
         std::fs::read_to_string(self.prefix.join("access.log")).unwrap_or_default()
     }
 
-    /// Requests nginx retried on another server: `$upstream_addr` lists more than one.
+    /// Requests the proxy retried on another server. nginx: `$upstream_addr` lists more
+    /// than one; haproxy: the retries field (`%rc`) of a request line is not 0.
     pub fn next_upstream_retries(&self) -> u64 {
-        self.access_log()
-            .lines()
-            .filter(|l| {
-                l.split('"')
-                    .nth(1)
-                    .is_some_and(|addrs| addrs.contains(", "))
-            })
-            .count() as u64
+        let log = self.access_log();
+        let lines = log.lines();
+        match self.kind {
+            ProxyKind::Nginx => lines
+                .filter(|l| {
+                    l.split('"')
+                        .nth(1)
+                        .is_some_and(|addrs| addrs.contains(", "))
+                })
+                .count() as u64,
+            // "<time> <status> <server> <retries> <ms> "<request>"" (the generated log-format);
+            // the log also carries haproxy's own notices, which do not start with a time.
+            ProxyKind::Haproxy => lines
+                .filter_map(|l| {
+                    let fields: Vec<&str> = l.split(' ').collect();
+                    let is_request = fields.len() > 5
+                        && fields[0].bytes().all(|b| b.is_ascii_digit())
+                        && fields[1].len() == 3;
+                    is_request.then(|| fields[3])
+                })
+                .filter(|retries| *retries != "0")
+                .count() as u64,
+        }
     }
 }
 
@@ -384,7 +462,7 @@ fn count_in(path: &Path, needle: &str) -> usize {
         .count()
 }
 
-impl Drop for Nginx {
+impl Drop for Proxy {
     fn drop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;

@@ -108,7 +108,129 @@ Proxy read/send timeout in seconds: the poll timeout plus a margin, so that the 
 always answers (408) before the proxy gives up. Derived, so that the two cannot drift.
 */}}
 {{- define "longpoll-gateway.proxyTimeoutSeconds" -}}
-{{- add (include "longpoll-gateway.pollTimeoutSeconds" . | atoi) .Values.ingress.nginx.timeoutMarginSeconds -}}
+{{- $margin := .Values.proxyTimeoutMarginSeconds -}}
+{{- if not (kindIs "invalid" .Values.ingress.nginx.timeoutMarginSeconds) -}}
+{{- $margin = .Values.ingress.nginx.timeoutMarginSeconds -}}
+{{- end -}}
+{{- add (include "longpoll-gateway.pollTimeoutSeconds" . | atoi) $margin -}}
+{{- end }}
+
+{{/*
+ingress.generateAnnotations and ingress.hashByUuid, with their deprecated aliases
+(ingress.nginx.enabled, ingress.nginx.hashByUuid) winning when set: "true" or "".
+*/}}
+{{- define "longpoll-gateway.ingressGenerates" -}}
+{{- $v := .Values.ingress.generateAnnotations -}}
+{{- if not (kindIs "invalid" .Values.ingress.nginx.enabled) -}}
+{{- $v = .Values.ingress.nginx.enabled -}}
+{{- end -}}
+{{- if $v -}}true{{- end -}}
+{{- end }}
+
+{{- define "longpoll-gateway.ingressHashes" -}}
+{{- $v := .Values.ingress.hashByUuid -}}
+{{- if not (kindIs "invalid" .Values.ingress.nginx.hashByUuid) -}}
+{{- $v = .Values.ingress.nginx.hashByUuid -}}
+{{- end -}}
+{{- if and $v (include "longpoll-gateway.ingressGenerates" .) (ne .Values.ingress.controller "traefik") -}}true{{- end -}}
+{{- end }}
+
+{{/*
+The IngressClass name: ingress.className, or the controller's usual one.
+*/}}
+{{- define "longpoll-gateway.ingressClassName" -}}
+{{- $usual := dict "nginx-inc" "nginx" "haproxy" "haproxy" "traefik" "traefik" "ingress-nginx" "nginx" -}}
+{{- default (get $usual .Values.ingress.controller) .Values.ingress.className -}}
+{{- end }}
+
+{{/*
+The annotations the chart writes on the Ingress for ingress.controller, as YAML (a dict).
+Every timeout is config.pollTimeout + proxyTimeoutMarginSeconds, so it cannot drift below
+the poll timeout.
+*/}}
+{{- define "longpoll-gateway.ingressAnnotations" -}}
+{{- $a := dict -}}
+{{- if include "longpoll-gateway.ingressGenerates" . -}}
+{{- $t := include "longpoll-gateway.proxyTimeoutSeconds" . -}}
+{{- $hash := include "longpoll-gateway.ingressHashes" . -}}
+{{- $c := .Values.ingress.controller -}}
+{{- if eq $c "nginx-inc" -}}
+{{- /* F5 NGINX Ingress Controller: plain nginx upstreams, so `hash ... consistent` and a
+next-upstream retry goes to the next server of the ring. */ -}}
+{{- $_ := set $a "nginx.org/lb-method" (ternary "hash $arg_uuid consistent" "round_robin" (eq $hash "true")) -}}
+{{- $_ := set $a "nginx.org/proxy-read-timeout" (printf "%ss" $t) -}}
+{{- $_ := set $a "nginx.org/proxy-send-timeout" (printf "%ss" $t) -}}
+{{- $_ := set $a "nginx.org/proxy-next-upstream" .Values.ingress.nginx.nextUpstream -}}
+{{- $_ := set $a "nginx.org/proxy-next-upstream-tries" (toString .Values.ingress.nginx.nextUpstreamTries) -}}
+{{- $_ := set $a "nginx.org/proxy-buffering" "False" -}}
+{{- else if eq $c "ingress-nginx" -}}
+{{- if $hash -}}
+{{- $_ := set $a "nginx.ingress.kubernetes.io/upstream-hash-by" "$arg_uuid" -}}
+{{- end -}}
+{{- $_ := set $a "nginx.ingress.kubernetes.io/proxy-read-timeout" $t -}}
+{{- $_ := set $a "nginx.ingress.kubernetes.io/proxy-send-timeout" $t -}}
+{{- $_ := set $a "nginx.ingress.kubernetes.io/proxy-next-upstream" .Values.ingress.nginx.nextUpstream -}}
+{{- $_ := set $a "nginx.ingress.kubernetes.io/proxy-next-upstream-tries" (toString .Values.ingress.nginx.nextUpstreamTries) -}}
+{{- $_ := set $a "nginx.ingress.kubernetes.io/proxy-buffering" "off" -}}
+{{- else if eq $c "haproxy" -}}
+{{- /* HAProxy Kubernetes Ingress Controller: no hash-type annotation, so the backend
+snippet carries it; `timeout client` is a ConfigMap-only setting of the controller. */ -}}
+{{- $_ := set $a "haproxy.org/load-balance" (ternary "url_param uuid" "roundrobin" (eq $hash "true")) -}}
+{{- $snippet := list -}}
+{{- if $hash -}}
+{{- $snippet = append $snippet "hash-type consistent" -}}
+{{- end -}}
+{{- $snippet = append $snippet (printf "retry-on %s" .Values.ingress.haproxy.retryOn) -}}
+{{- $snippet = append $snippet (printf "retries %d" (int .Values.ingress.haproxy.retries)) -}}
+{{- $snippet = append $snippet "option redispatch 1" -}}
+{{- $_ := set $a "haproxy.org/backend-config-snippet" (printf "%s\n" (join "\n" $snippet)) -}}
+{{- $_ := set $a "haproxy.org/timeout-server" (printf "%ss" $t) -}}
+{{- end -}}
+{{- /* traefik: nothing to hash with, and its default timeouts do not cut a held poll. */ -}}
+{{- end -}}
+{{- toYaml $a -}}
+{{- end }}
+
+{{/*
+Which consistent hashing on uuid the chart sets up, in words; empty when none.
+*/}}
+{{- define "longpoll-gateway.hashing" -}}
+{{- $parts := list -}}
+{{- if and .Values.ingress.enabled (include "longpoll-gateway.ingressHashes" .) -}}
+{{- $how := dict "nginx-inc" "nginx.org/lb-method \"hash $arg_uuid consistent\"" "ingress-nginx" "upstream-hash-by $arg_uuid" "haproxy" "balance url_param uuid, hash-type consistent" -}}
+{{- $parts = append $parts (printf "Ingress (%s): %s" .Values.ingress.controller (get $how .Values.ingress.controller)) -}}
+{{- end -}}
+{{- if and .Values.httpRoute.enabled .Values.httpRoute.hashByUuid (ne .Values.httpRoute.implementation "other") -}}
+{{- $how := dict "envoy-gateway" "BackendTrafficPolicy, ConsistentHash on the query parameter uuid" "istio" "DestinationRule, consistentHash.httpQueryParameterName uuid" "kong" "KongUpstreamPolicy, consistent-hashing on the query argument uuid" -}}
+{{- $parts = append $parts (printf "HTTPRoute (%s): %s" .Values.httpRoute.implementation (get $how .Values.httpRoute.implementation)) -}}
+{{- end -}}
+{{- join "; " $parts -}}
+{{- end }}
+
+{{/*
+The RabbitmqCluster's name.
+*/}}
+{{- define "longpoll-gateway.rabbitmqName" -}}
+{{- default (printf "%s-rabbitmq" (include "longpoll-gateway.fullname" .) | trunc 52 | trimSuffix "-") .Values.rabbitmq.cluster.name -}}
+{{- end }}
+
+{{/*
+LONGPOLL_BROKER for the RabbitmqCluster: one URL per node, comma-separated, without
+credentials (they come from the operator's default-user Secret, mounted as files).
+*/}}
+{{- define "longpoll-gateway.rabbitmqBrokerUrls" -}}
+{{- $name := include "longpoll-gateway.rabbitmqName" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- $vhost := .Values.rabbitmq.cluster.vhost -}}
+{{- $urls := list -}}
+{{- if eq .Values.rabbitmq.cluster.addresses "service" -}}
+{{- $urls = append $urls (printf "amqp://%s.%s.svc:5672/%s" $name $ns $vhost) -}}
+{{- else -}}
+{{- range $i := until (int .Values.rabbitmq.cluster.replicas) -}}
+{{- $urls = append $urls (printf "amqp://%s-server-%d.%s-nodes.%s.svc:5672/%s" $name $i $name $ns $vhost) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $urls -}}
 {{- end }}
 
 {{/*
@@ -116,7 +238,7 @@ always answers (408) before the proxy gives up. Derived, so that the two cannot 
 the chart cannot see the URL and assumes RabbitMQ.
 */}}
 {{- define "longpoll-gateway.memoryBroker" -}}
-{{- if and (not .Values.existingSecret) (or (empty .Values.config.broker) (hasPrefix "memory:" .Values.config.broker)) -}}
+{{- if and (not .Values.existingSecret) (not .Values.rabbitmq.cluster.enabled) (or (empty .Values.config.broker) (hasPrefix "memory:" .Values.config.broker)) -}}
 true
 {{- end -}}
 {{- end }}
@@ -167,7 +289,22 @@ Checks that make rendering fail with a clear message instead of deploying someth
 {{- if .Values.autoscaling.enabled -}}
 {{- fail (printf "config.broker is the embedded broker (%q), which only works with one replica, but autoscaling.enabled is true: set config.broker to an amqp:// URL (or existingSecret), or disable autoscaling" (default "memory://" .Values.config.broker)) -}}
 {{- end -}}
+{{- if .Values.keda.enabled -}}
+{{- fail (printf "config.broker is the embedded broker (%q), which only works with one replica, but keda.enabled is true: set config.broker to an amqp:// URL (or existingSecret, or rabbitmq.cluster.enabled), or disable keda" (default "memory://" .Values.config.broker)) -}}
 {{- end -}}
+{{- end -}}
+{{- if and .Values.keda.enabled .Values.autoscaling.enabled -}}
+{{- fail "keda.enabled and autoscaling.enabled cannot both be true: KEDA makes its own HorizontalPodAutoscaler for the Deployment; keep one of them" -}}
+{{- end -}}
+{{- if .Values.keda.enabled -}}
+{{- if gt (int .Values.keda.minReplicas) (int .Values.keda.maxReplicas) -}}
+{{- fail (printf "keda.minReplicas (%d) is above keda.maxReplicas (%d)" (int .Values.keda.minReplicas) (int .Values.keda.maxReplicas)) -}}
+{{- end -}}
+{{- if and .Values.keda.cpuUtilizationPercentage (not (dig "requests" "cpu" "" (.Values.resources | default dict))) -}}
+{{- fail "keda.cpuUtilizationPercentage needs resources.requests.cpu (utilisation is a percentage of the request)" -}}
+{{- end -}}
+{{- end -}}
+
 {{- range $k := list "pollTimeout" "drainTimeout" "subscriptionExpiry" "replayTtl" -}}
 {{- if le (include "longpoll-gateway.durationMillis" (list (printf "config.%s" $k) (get $.Values.config $k)) | atoi) 0 -}}
 {{- fail (printf "config.%s must be above 0" $k) -}}
