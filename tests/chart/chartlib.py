@@ -11,6 +11,12 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "charts" / "longpoll-gateway"
+
+
+def binary_settings_source() -> str:
+    """The source of the binary's configuration module, where every environment variable
+    it reads is named."""
+    return "".join(p.read_text() for p in sorted((ROOT / "src" / "config").rglob("*.rs")))
 RELEASE = "lp"
 NAMESPACE = "longpoll"
 FULLNAME = "lp-longpoll-gateway"

@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from chartlib import CHART_DIR, ROOT
+from chartlib import CHART_DIR, ROOT, binary_settings_source
 
 README = CHART_DIR / "README.md"
 KUBERNETES_DOC = ROOT / "docs" / "kubernetes.md"
@@ -98,9 +98,9 @@ def test_kubernetes_doc_broker_tls_values_render_and_name_real_settings(render):
     assert "/etc/longpoll/broker" in mounts
     assert any(v.get("secret", {}).get("secretName") == "rabbitmq-client-tls" for v in rendered.pod["volumes"])
     env = {e["name"]: e.get("value") for e in rendered.container["env"]}
-    config_rs = (ROOT / "src" / "config.rs").read_text()
+    config_src = binary_settings_source()
     for entry in values["extraEnv"]:
         assert env[entry["name"]] == entry["value"]
-        assert f'env = "{entry["name"]}"' in config_rs, f"{entry['name']} is not a setting of the binary"
+        assert f'"{entry["name"]}"' in config_src, f"{entry['name']} is not a setting of the binary"
         if entry["name"].endswith("_FILE"):
             assert entry["value"].startswith("/etc/longpoll/broker/")

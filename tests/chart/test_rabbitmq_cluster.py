@@ -7,7 +7,7 @@ from __future__ import annotations
 import helm_python
 import pytest
 
-from chartlib import FULLNAME, NAMESPACE, ROOT, VALUE_SETS, deep_merge
+from chartlib import FULLNAME, NAMESPACE, VALUE_SETS, binary_settings_source, deep_merge
 
 NAME = f"{FULLNAME}-rabbitmq"
 CLUSTER = VALUE_SETS["rabbitmq-cluster"]
@@ -68,9 +68,9 @@ def test_credentials_come_from_the_operators_default_user_secret_as_files(render
     (mount,) = [m for m in rendered.container["volumeMounts"] if m["name"] == "rabbitmq-default-user"]
     assert mount == {"name": "rabbitmq-default-user", "mountPath": "/etc/longpoll/rabbitmq", "readOnly": True}
     # The variables are settings the binary reads.
-    config_rs = (ROOT / "src" / "config.rs").read_text()
+    config_src = binary_settings_source()
     for name in ["LONGPOLL_BROKER_USERNAME_FILE", "LONGPOLL_BROKER_PASSWORD_FILE"]:
-        assert f'env = "{name}"' in config_rs
+        assert f'"{name}"' in config_src
 
 
 def test_the_chart_secret_holds_no_broker_url_with_the_cluster(render):
