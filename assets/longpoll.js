@@ -19,6 +19,12 @@
  * exponential backoff and jitter, forever. 404: the subscription is gone, stop.
  * 409 "Superseded": another poller owns the key, stop. 409 "Stale sequence":
  * go on from the sequence the answer names, plus one.
+ *
+ * A subscription can go away (expired while the page slept, or its queue lost
+ * with a RabbitMQ node). With the `resubscribe` option the client asks the
+ * page's backend for a new one that resumes after `lastMessageId` (the backend
+ * calls the gateway's API with `resume_after`), carries on with it, and fires
+ * `gap` when the history did not reach back that far.
  */
 var LongPoll = (function () {
   'use strict';
@@ -28,7 +34,7 @@ var LongPoll = (function () {
 
   // Names the client fires itself; a message whose event_key is one of these
   // only fires `message`, so that it cannot pass for a lifecycle event.
-  var OWN_EVENTS = ['message', 'error', 'gone', 'start', 'stop', 'statechange'];
+  var OWN_EVENTS = ['message', 'error', 'gone', 'gap', 'resubscribed', 'start', 'stop', 'statechange'];
 
   var DEFAULTS = {
     uri: undefined,
@@ -61,6 +67,15 @@ var LongPoll = (function () {
     credentials: 'same-origin',
     /** fetch implementation (tests, or a wrapped fetch). */
     fetch: undefined,
+    /** The id of the last message the page showed before this client (a page
+     *  that keeps it across reloads); `lastMessageId` starts from it. */
+    lastMessageId: null,
+    /** `async (lastMessageId) => ({uri, key, gap})`: called when the
+     *  subscription is gone (404). The page's backend makes a new subscription
+     *  with `resume_after: lastMessageId`; the client carries on with it from
+     *  sequence 1 and fires `gap` when `gap` is true. Resolving to null stops
+     *  the client (`gone`); a rejection is retried with the backoff. */
+    resubscribe: undefined,
   };
 
   function ownEvent(type, detail) {
@@ -131,12 +146,14 @@ var LongPoll = (function () {
       this.key = String(opts.key);
       /** The sequence the next poll sends. */
       this.sequence = Number(opts.sequence) || 1;
-      /** 'idle' | 'polling' | 'waiting' | 'paused' | 'stopped' */
+      /** 'idle' | 'polling' | 'waiting' | 'paused' | 'resubscribing' | 'stopped' */
       this.state = 'idle';
       /** Failures since the last success (drives the backoff). */
       this.failures = 0;
       /** Messages dropped because their id had been seen. */
       this.duplicates = 0;
+      /** The id of the last message shown (what a resumed subscription goes on after). */
+      this.lastMessageId = opts.lastMessageId == null ? null : String(opts.lastMessageId);
       this._seen = new SeenIds(opts.seenIds);
       this._running = false;
       this._controller = null;
@@ -268,7 +285,10 @@ var LongPoll = (function () {
         this.duplicates += 1;
         this._seen.add(id);
       } else {
-        if (id !== null) this._seen.add(id);
+        if (id !== null) {
+          this._seen.add(id);
+          this.lastMessageId = id;
+        }
         this._deliver(body, sequence, id, isError);
       }
       this._poll();
@@ -317,7 +337,50 @@ var LongPoll = (function () {
     }
 
     _gone(status) {
-      this._halt('gone', ownEvent('gone', { status: status, key: this.key }));
+      if (typeof this.options.resubscribe === 'function') return this._resubscribe(status);
+      this._halt('gone', ownEvent('gone', { status: status, key: this.key, lastMessageId: this.lastMessageId }));
+    }
+
+    /** The subscription is gone: ask for one that resumes after lastMessageId. */
+    _resubscribe(status) {
+      var self = this;
+      var oldKey = this.key;
+      this._clearTimer();
+      this._setState('resubscribing');
+      var attempt;
+      try {
+        attempt = Promise.resolve(this.options.resubscribe(this.lastMessageId));
+      } catch (error) {
+        attempt = Promise.reject(error);
+      }
+      attempt.then(
+        function (fresh) {
+          if (!self._running || self.key !== oldKey) return;
+          if (!fresh || !fresh.uri || !fresh.key) {
+            self._halt('gone', ownEvent('gone', { status: status, key: oldKey, lastMessageId: self.lastMessageId }));
+            return;
+          }
+          self.uri = String(fresh.uri);
+          self.key = String(fresh.key);
+          // A new subscription counts from 1; the ids seen stay, so a message
+          // both replayed and already shown is still dropped.
+          self.sequence = 1;
+          self.failures = 0;
+          var detail = { key: self.key, previousKey: oldKey, gap: !!fresh.gap, lastMessageId: self.lastMessageId };
+          self.dispatchEvent(ownEvent('resubscribed', detail));
+          if (fresh.gap) self.dispatchEvent(ownEvent('gap', detail));
+          self._poll();
+        },
+        function (error) {
+          if (!self._running || self.key !== oldKey) return;
+          // The backend could not answer: try again later, as after a failed poll.
+          self.failures += 1;
+          var delay = self.backoffDelay(self.failures);
+          self._timer = setTimeout(function () { self._timer = null; self._gone(status); }, delay);
+          self._setState('waiting', { retryIn: delay });
+          self._emitError({ reason: 'resubscribe', error: error, attempt: self.failures, retryIn: delay, fatal: false });
+        }
+      );
     }
 
     _fatal(detail) {

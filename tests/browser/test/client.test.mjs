@@ -83,6 +83,72 @@ browserTest('a 404 fires gone and stops polling', async (t) => {
   assert.equal(await page.evaluate(() => window.of('error').length), 0);
 });
 
+/** Starts `window.lp` with a `resubscribe` that asks the test (the page's backend). */
+async function startResubscribing(page, { uri, key }, extraTypes, backend) {
+  await page.exposeFunction('backendResubscribe', backend);
+  await page.evaluate(({ uri, key, extraTypes }) => {
+    window.lp = window.track(new LongPoll({
+      uri, key, backoffMin: 100, resubscribe: (last) => window.backendResubscribe(last),
+    }), ['gap', 'resubscribed'].concat(extraTypes));
+    window.lp.start();
+  }, { uri, key, extraTypes });
+}
+
+browserTest('with resubscribe, a gone subscription is replaced by the backend\'s and gap fires when it says so', async (t) => {
+  const { gateway, page, uri } = await rig(t, browser);
+  const eventKey = uniqueKey('resubscribe');
+  const first = await gateway.subscribe([eventKey]);
+  const calls = [];
+  await startResubscribing(page, { uri, key: first.key }, [eventKey], async (lastMessageId) => {
+    calls.push(lastMessageId);
+    const fresh = await gateway.subscribe([eventKey]);
+    return { uri, key: fresh.key, gap: true };
+  });
+  const sent = await gateway.emit(eventKey, { n: 1 });
+  await eventsOf(page, 'message', 1);
+  assert.equal(await page.evaluate(() => window.lp.lastMessageId), sent.message_id);
+
+  // The subscription goes away (expired, or lost with a broker node).
+  await gateway.api('DELETE', `/api/v1/subscriptions/${first.key}`);
+  const [resubscribed] = await eventsOf(page, 'resubscribed');
+  assert.deepEqual(calls, [sent.message_id]);
+  assert.equal(resubscribed.detail.previousKey, first.key);
+  assert.notEqual(resubscribed.detail.key, first.key);
+  const [gap] = await eventsOf(page, 'gap');
+  assert.equal(gap.detail.lastMessageId, sent.message_id);
+
+  // It carries on with the new key, from sequence 1.
+  await pollsReady(gateway, 1);
+  const next = await gateway.emit(eventKey, { n: 2 });
+  const messages = await eventsOf(page, 'message', 2);
+  assert.deepEqual(messages.map((m) => [m.detail.n, m.sequence]), [[1, 1], [2, 1]]);
+  assert.equal(messages[1].messageId, next.message_id);
+  const state = await page.evaluate(() => ({ key: window.lp.key, running: window.lp.running,
+    gone: window.of('gone').length, stop: window.of('stop').length }));
+  assert.deepEqual(state, { key: resubscribed.detail.key, running: true, gone: 0, stop: 0 });
+});
+
+browserTest('resubscribe failing is retried with the backoff; resolving to nothing fires gone', async (t) => {
+  const { gateway, page, uri } = await rig(t, browser);
+  const eventKey = uniqueKey('resubscribe-fails');
+  const { key } = await gateway.subscribe([eventKey]);
+  const calls = [];
+  await startResubscribing(page, { uri, key }, [], async (lastMessageId) => {
+    calls.push(lastMessageId);
+    if (calls.length === 1) throw new Error('backend down');
+    return null;
+  });
+  await pollsReady(gateway, 1);
+  await gateway.api('DELETE', `/api/v1/subscriptions/${key}`);
+  const [gone] = await eventsOf(page, 'gone');
+  assert.deepEqual(calls, [null, null], 'nothing received yet: no id to resume after');
+  assert.equal(gone.detail.key, key);
+  const errors = await page.evaluate(() => window.of('error').map((e) => [e.detail.reason, e.detail.fatal]));
+  assert.deepEqual(errors, [['resubscribe', false]]);
+  const [stop] = await eventsOf(page, 'stop');
+  assert.equal(stop.detail.reason, 'gone');
+});
+
 browserTest('a 408 is followed at once by a poll with the same sequence', async (t) => {
   const { gateway, page, uri } = await rig(t, browser, { gatewayArgs: ['--poll-timeout', '1s'] });
   // The client's own requests, as the page makes them. (Chromium itself resends
