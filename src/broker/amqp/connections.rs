@@ -312,6 +312,24 @@ impl Connections {
             Connections::Tls(p) => p.close(),
         }
     }
+
+    /// Closes the idle connections with an AMQP `connection.close` (each
+    /// waiting at most `step` for the broker's reply), then the pool.
+    pub(crate) async fn close_idle(&self, step: Duration) {
+        for _ in 0..self.available() {
+            match tokio::time::timeout(Duration::from_secs(1), self.get()).await {
+                Ok(Ok(conn)) => {
+                    let conn = conn.detach();
+                    if conn.status().connected() {
+                        let _ =
+                            tokio::time::timeout(step, conn.close(200, "shutdown".into())).await;
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.close();
+    }
 }
 
 impl std::fmt::Debug for Connections {
