@@ -125,7 +125,8 @@ impl Broker for AmqpBroker {
     async fn next_message(&self, queue: &str) -> Result<Delivery, BrokerError> {
         let inner = &self.inner;
         let mut usage = inner.consumers.use_entry(queue);
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut backoff =
+            Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).with_jitter();
         // The rare paths (broker down, consumer to start, backoff) are boxed, so
         // that the future every held poll keeps is sized for the wait alone.
         loop {

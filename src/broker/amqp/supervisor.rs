@@ -115,7 +115,8 @@ fn mark_lost(inner: &Inner, why: &str) {
 
 /// Keeps a connection usable: reconnects with backoff and publishes connectivity.
 pub(crate) async fn supervise(inner: Weak<Inner>, stop: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff =
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).with_jitter();
     let mut warned = false;
     loop {
         let Some(strong) = inner.upgrade() else {
