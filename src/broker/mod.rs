@@ -333,31 +333,62 @@ pub fn from_settings(
     }
 }
 
-/// Exponential backoff with jitter, for reconnecting.
+/// The crate's one exponential backoff: each delay doubles from `min` up to
+/// `max`, and [`reset`](Backoff::reset) goes back to `min` after a success.
+/// [`with_jitter`](Backoff::with_jitter) makes each delay up to 50 % longer at
+/// random, so that the replicas (or the polls) that lost one broker together
+/// do not come back in step.
+///
+/// Our own rather than `backon`'s `ExponentialBuilder` (already in the tree
+/// through lapin): its jitter adds up to 100 %, which would stretch the
+/// reconnect cap from 7.5 s to 10 s, and its backoff is an iterator that has
+/// to be rebuilt to reset.
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     next: Duration,
     min: Duration,
     max: Duration,
+    jitter: bool,
 }
 
 impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+    /// Delays from `min`, doubling up to `max`, without jitter.
+    pub fn new(min: Duration, max: Duration) -> Self {
         Backoff {
             next: min,
             min,
             max,
+            jitter: false,
         }
     }
-    pub(crate) fn reset(&mut self) {
+
+    /// Each delay up to 50 % longer, at random.
+    pub fn with_jitter(mut self) -> Self {
+        self.jitter = true;
+        self
+    }
+
+    /// Back to the first delay (after a success).
+    pub fn reset(&mut self) {
         self.next = self.min;
     }
-    /// The next delay: the current step plus up to 50 % jitter.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+
+    /// The next delay: the current step (plus the jitter), then the step doubles.
+    pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
-        let jitter = rand::random::<f64>() * 0.5;
-        base.mul_f64(1.0 + jitter)
+        if self.jitter {
+            base.mul_f64(1.0 + rand::random::<f64>() * 0.5)
+        } else {
+            base
+        }
+    }
+
+    /// Sleeps the next delay, or `at_least` when that is longer (a server's
+    /// `Retry-After`).
+    pub async fn wait(&mut self, at_least: Option<Duration>) {
+        let delay = self.next_delay().max(at_least.unwrap_or_default());
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -390,8 +421,31 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(50), Duration::from_millis(300));
+        let delays: Vec<u64> = (0..5).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(delays, [50, 100, 200, 300, 300]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_waits_at_least_what_the_server_asks() {
+        let mut b = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        let started = tokio::time::Instant::now();
+        b.wait(Some(Duration::from_secs(2))).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        b.wait(None).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(2100),
+            "the step doubled"
+        );
+    }
+
+    #[test]
+    fn backoff_with_jitter_grows_and_is_capped() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).with_jitter();
         let first = b.next_delay();
         assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(150));
         for _ in 0..10 {

@@ -56,6 +56,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use longpoll_gateway::broker::Backoff;
 use stats::{Counters, Latencies, ProcSample, percentile};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -239,35 +240,6 @@ impl Ctx {
         }
         b.push('}');
         b.into_bytes()
-    }
-}
-
-/// A client's retry delay: doubles after each wait up to a cap, back to the
-/// start after a success.
-pub struct Backoff {
-    start: Duration,
-    cap: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(start: Duration, cap: Duration) -> Self {
-        Backoff {
-            start,
-            cap,
-            next: start,
-        }
-    }
-
-    /// Sleeps the current delay, or `at_least` when the server asked for longer
-    /// (`Retry-After`), then doubles the delay.
-    pub async fn wait(&mut self, at_least: Option<Duration>) {
-        tokio::time::sleep(at_least.unwrap_or_default().max(self.next)).await;
-        self.next = (self.next * 2).min(self.cap);
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.start;
     }
 }
 

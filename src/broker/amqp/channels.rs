@@ -15,6 +15,9 @@
 //! does not use). Subscription queues expire on the broker without lapin hearing
 //! of it, so a channel kept for days would keep a record of every subscription
 //! it ever declared or probed (~1–2 KB each: a leak that grows with traffic).
+//!
+//! Must not: decide what runs on a channel (`topology`, `consumers` and the
+//! broker's publish do) or open connections (`connections` does).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

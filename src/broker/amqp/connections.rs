@@ -1,12 +1,19 @@
-//! The pooled AMQP connections: deadpool-lapin's manager for plain and
-//! default-TLS connections, and a deadpool manager of our own when the broker
-//! needs a CA file, a client certificate or a TLS server name other than the
-//! URL's host (deadpool-lapin's manager takes only a URL). Both pools hand out
-//! connections the same way.
+//! The pooled AMQP connections: one deadpool manager opens plain (`amqp://`)
+//! and TLS (`amqps://`) connections alike, each from a recipe that holds what
+//! its endpoint needs — a CA file, a client certificate, a TLS server name
+//! other than the URL's host. (deadpool-lapin's manager takes only a URL: none
+//! of the TLS material, so it could serve plain URLs alone.)
+//!
+//! Reconnecting is the pool's: a connection checked out that is no longer
+//! connected fails the recycle check and a fresh one is opened; lapin's
+//! auto-recovery stays off (the two fight each other).
 //!
 //! Broker credentials may come from files (a Kubernetes Secret mount): they are
 //! read at each new connection, so a rotated password is picked up without a
 //! restart, and never appear in the URL that is printed.
+//!
+//! Must not: open channels (`channels` does) or decide connectivity (the
+//! supervisor does, from what the pool hands out).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -96,126 +103,23 @@ pub(crate) fn with_default_frame_max(url: &str) -> String {
     format!("{url}{sep}frame_max={DEFAULT_FRAME_MAX}")
 }
 
-/// What a new connection is made with.
-#[derive(Clone)]
+/// How to open a connection to one broker endpoint: the URL (with the default
+/// `frame_max`), the name shown in `rabbitmqctl`, the credential files, and the
+/// TLS material for `amqps://` (the system's roots unless a CA file is given, a
+/// client certificate, a server name other than the URL's host). Complete in
+/// itself, so that each node of a cluster can have its own behind one manager.
 struct ConnectionRecipe {
     url: String,
     name: String,
     credentials: Option<FileCredentials>,
-}
-
-impl ConnectionRecipe {
-    fn properties(&self) -> lapin::ConnectionProperties {
-        let props =
-            lapin::ConnectionProperties::default().with_connection_name(self.name.clone().into());
-        match &self.credentials {
-            Some(c) => props.with_auth_provider(c.clone()),
-            None => props,
-        }
-    }
-}
-
-/// Connections with a CA file, a client certificate or a TLS server name.
-pub(crate) struct TlsManager {
-    recipe: ConnectionRecipe,
     tls: OwnedTLSConfig,
     server_name: Option<String>,
 }
 
-impl managed::Manager for TlsManager {
-    type Type = lapin::Connection;
-    type Error = lapin::Error;
-
-    async fn create(&self) -> Result<lapin::Connection, lapin::Error> {
-        let Some(server_name) = self.server_name.clone() else {
-            return lapin::Connection::connect_with_config(
-                &self.recipe.url,
-                self.recipe.properties(),
-                self.tls.clone(),
-                async_rs::Runtime::tokio_current(),
-            )
-            .await;
-        };
-        // lapin takes the TLS name from the URL's host; to send another one, the
-        // TCP connection is made to the URL's host and TLS started with the name.
-        let uri: AMQPUri = self
-            .recipe
-            .url
-            .parse()
-            .map_err(|e: String| lapin::Error::from(std::io::Error::other(e)))?;
-        let tls = self.tls.clone();
-        lapin::Connection::connector(
-            uri,
-            async_rs::Runtime::tokio_current(),
-            async move |uri: AMQPUri, runtime| {
-                let mut plain = uri.clone();
-                plain.scheme = AMQPScheme::AMQP;
-                let stream = plain
-                    .connect_with_config_async(TLSConfig::default(), &runtime)
-                    .await?;
-                Ok(stream.into_tls(&server_name, tls.as_ref()).await?)
-            },
-            self.recipe.properties(),
-        )
-        .await
-    }
-
-    async fn recycle(
-        &self,
-        conn: &mut lapin::Connection,
-        _: &PoolMetrics,
-    ) -> RecycleResult<lapin::Error> {
-        if conn.status().connected() {
-            Ok(())
-        } else {
-            Err(RecycleError::message("connection lost"))
-        }
-    }
-}
-
-/// A pool of AMQP connections.
-#[derive(Clone)]
-pub(crate) enum Connections {
-    Lapin(deadpool_lapin::Pool),
-    Tls(managed::Pool<TlsManager>),
-}
-
-/// A connection checked out of [`Connections`].
-pub(crate) enum Connection {
-    Lapin(deadpool_lapin::Connection),
-    Tls(managed::Object<TlsManager>),
-}
-
-impl std::ops::Deref for Connection {
-    type Target = lapin::Connection;
-    fn deref(&self) -> &lapin::Connection {
-        match self {
-            Connection::Lapin(c) => c,
-            Connection::Tls(c) => c,
-        }
-    }
-}
-
-impl Connection {
-    /// Takes the connection out of its pool (to close it for good).
-    pub(crate) fn detach(self) -> lapin::Connection {
-        match self {
-            Connection::Lapin(c) => managed::Object::take(c),
-            Connection::Tls(c) => managed::Object::take(c),
-        }
-    }
-}
-
-impl Connections {
-    /// A pool of `size` connections to `url`, named `name` in `rabbitmqctl`.
-    pub(crate) fn new(
-        url: &SecretUrl,
-        name: String,
-        size: usize,
-        tls: &BrokerTls,
-    ) -> Result<Self, BrokerError> {
-        let build_err =
-            |e: &dyn std::fmt::Display| BrokerError::new(BrokerErrorKind::Internal, e.to_string());
+impl ConnectionRecipe {
+    /// Reads the TLS files once (a missing one is a configuration error); the
+    /// credential files are read at each connection.
+    fn new(url: &SecretUrl, name: String, tls: &BrokerTls) -> Result<Self, BrokerError> {
         let credentials = (tls.username_file.is_some() || tls.password_file.is_some()).then(|| {
             let parsed = url::Url::parse(url.expose()).ok();
             FileCredentials {
@@ -232,23 +136,6 @@ impl Connections {
                     .unwrap_or_default(),
             }
         });
-        let recipe = ConnectionRecipe {
-            url: with_default_frame_max(url.expose()),
-            name,
-            credentials,
-        };
-        if tls.ca_file.is_none() && tls.cert_file.is_none() && tls.server_name.is_none() {
-            let r = recipe.clone();
-            let manager = deadpool_lapin::Manager::new(
-                recipe.url.clone(),
-                move || r.properties(),
-                async_rs::Runtime::tokio_current(),
-            );
-            return pool_settings(deadpool_lapin::Pool::builder(manager), size)
-                .build()
-                .map(Connections::Lapin)
-                .map_err(|e| build_err(&e));
-        }
         let read = |path: &PathBuf| {
             std::fs::read(path).map_err(|e| {
                 BrokerError::new(
@@ -268,64 +155,210 @@ impl Connections {
             }),
             _ => None,
         };
-        let manager = TlsManager {
-            recipe,
+        Ok(ConnectionRecipe {
+            url: with_default_frame_max(url.expose()),
+            name,
+            credentials,
             tls: OwnedTLSConfig {
                 identity,
                 cert_chain,
             },
             server_name: tls.server_name.clone(),
+        })
+    }
+
+    /// lapin's auto-recovery stays off (the default): the pool's recycle check
+    /// is the one reconnection strategy.
+    fn properties(&self) -> lapin::ConnectionProperties {
+        let props =
+            lapin::ConnectionProperties::default().with_connection_name(self.name.clone().into());
+        match &self.credentials {
+            Some(c) => props.with_auth_provider(c.clone()),
+            None => props,
+        }
+    }
+
+    /// Opens a connection (TLS for `amqps://`, with this recipe's material).
+    async fn connect(&self) -> Result<lapin::Connection, lapin::Error> {
+        let Some(server_name) = self.server_name.clone() else {
+            return lapin::Connection::connect_with_config(
+                &self.url,
+                self.properties(),
+                self.tls.clone(),
+                async_rs::Runtime::tokio_current(),
+            )
+            .await;
+        };
+        // lapin takes the TLS name from the URL's host; to send another one, the
+        // TCP connection is made to the URL's host and TLS started with the name.
+        let uri: AMQPUri = self
+            .url
+            .parse()
+            .map_err(|e: String| lapin::Error::from(std::io::Error::other(e)))?;
+        let tls = self.tls.clone();
+        lapin::Connection::connector(
+            uri,
+            async_rs::Runtime::tokio_current(),
+            async move |uri: AMQPUri, runtime| {
+                let mut plain = uri.clone();
+                plain.scheme = AMQPScheme::AMQP;
+                let stream = plain
+                    .connect_with_config_async(TLSConfig::default(), &runtime)
+                    .await?;
+                Ok(stream.into_tls(&server_name, tls.as_ref()).await?)
+            },
+            self.properties(),
+        )
+        .await
+    }
+}
+
+/// The one deadpool manager of AMQP connections, plain and TLS alike: it opens
+/// each from its recipe and keeps a pooled one only while it is connected.
+pub(crate) struct ConnectionManager {
+    recipe: ConnectionRecipe,
+}
+
+impl managed::Manager for ConnectionManager {
+    type Type = lapin::Connection;
+    type Error = lapin::Error;
+
+    async fn create(&self) -> Result<lapin::Connection, lapin::Error> {
+        self.recipe.connect().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut lapin::Connection,
+        _: &PoolMetrics,
+    ) -> RecycleResult<lapin::Error> {
+        if conn.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("connection lost"))
+        }
+    }
+}
+
+/// A pool of AMQP connections.
+#[derive(Clone)]
+pub(crate) struct Connections(managed::Pool<ConnectionManager>);
+
+/// A connection checked out of [`Connections`].
+pub(crate) struct Connection(managed::Object<ConnectionManager>);
+
+impl std::ops::Deref for Connection {
+    type Target = lapin::Connection;
+    fn deref(&self) -> &lapin::Connection {
+        &self.0
+    }
+}
+
+impl Connection {
+    /// Takes the connection out of its pool (to close it for good).
+    pub(crate) fn detach(self) -> lapin::Connection {
+        managed::Object::take(self.0)
+    }
+}
+
+impl Connections {
+    /// A pool of `size` connections to `url`, named `name` in `rabbitmqctl`.
+    pub(crate) fn new(
+        url: &SecretUrl,
+        name: String,
+        size: usize,
+        tls: &BrokerTls,
+    ) -> Result<Self, BrokerError> {
+        let manager = ConnectionManager {
+            recipe: ConnectionRecipe::new(url, name, tls)?,
         };
         pool_settings(managed::Pool::builder(manager), size)
             .build()
-            .map(Connections::Tls)
-            .map_err(|e| build_err(&e))
+            .map(Connections)
+            .map_err(|e| BrokerError::new(BrokerErrorKind::Internal, e.to_string()))
     }
 
     /// A connected connection (a new one when the pooled ones are gone).
     pub(crate) async fn get(&self) -> Result<Connection, BrokerError> {
-        match self {
-            Connections::Lapin(p) => p
-                .get()
-                .await
-                .map(Connection::Lapin)
-                .map_err(|e| from_pool(e, "connection")),
-            Connections::Tls(p) => p
-                .get()
-                .await
-                .map(Connection::Tls)
-                .map_err(|e| from_pool(e, "connection")),
-        }
+        self.0
+            .get()
+            .await
+            .map(Connection)
+            .map_err(|e| from_pool(e, "connection"))
     }
 
     /// Connections idle in the pool now.
     pub(crate) fn available(&self) -> usize {
-        match self {
-            Connections::Lapin(p) => p.status().available,
-            Connections::Tls(p) => p.status().available,
-        }
+        self.0.status().available
     }
 
     pub(crate) fn close(&self) {
-        match self {
-            Connections::Lapin(p) => p.close(),
-            Connections::Tls(p) => p.close(),
+        self.0.close();
+    }
+
+    /// Closes the idle connections with an AMQP `connection.close` (each
+    /// waiting at most `step` for the broker's reply), then the pool.
+    pub(crate) async fn close_idle(&self, step: Duration) {
+        for _ in 0..self.available() {
+            match tokio::time::timeout(Duration::from_secs(1), self.get()).await {
+                Ok(Ok(conn)) => {
+                    let conn = conn.detach();
+                    if conn.status().connected() {
+                        let _ =
+                            tokio::time::timeout(step, conn.close(200, "shutdown".into())).await;
+                    }
+                }
+                _ => break,
+            }
         }
+        self.close();
     }
 }
 
 impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Connections::Lapin(_) => "Connections::Lapin",
-            Connections::Tls(_) => "Connections::Tls",
-        })
+        f.debug_struct("Connections")
+            .field("status", &self.0.status())
+            .finish()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{DEFAULT_FRAME_MAX, with_default_frame_max};
+    use super::{Connections, DEFAULT_FRAME_MAX, with_default_frame_max};
+    use crate::config::{BrokerTls, BrokerUrl};
+
+    /// Against the real RabbitMQ, on a plain URL: the password file is read
+    /// at each new connection, so a rotated password is used without a restart.
+    #[tokio::test]
+    async fn the_password_file_is_read_at_each_new_connection() {
+        let url = std::env::var("LONGPOLL_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        let Ok(BrokerUrl::Amqp(url)) = BrokerUrl::parse(&url) else {
+            panic!("LONGPOLL_TEST_AMQP_URL is not an AMQP URL");
+        };
+        let password = url::Url::parse(url.expose())
+            .expect("a URL")
+            .password()
+            .expect("the test URL has a password")
+            .to_owned();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("password");
+        std::fs::write(&file, "not-the-password\n").expect("written");
+        let tls = BrokerTls {
+            password_file: Some(file.clone()),
+            ..BrokerTls::default()
+        };
+        let pool = Connections::new(&url, "connections test".into(), 1, &tls).expect("a pool");
+        assert!(
+            pool.get().await.is_err(),
+            "the broker took the file's wrong password"
+        );
+        std::fs::write(&file, format!("{password}\n")).expect("written");
+        let conn = pool.get().await.expect("connected with the new password");
+        assert!(conn.status().connected());
+        let _ = conn.detach().close(200, "test done".into()).await;
+    }
 
     #[test]
     fn a_url_without_frame_max_asks_for_the_default() {

@@ -1,4 +1,6 @@
-//! One broker consumer per polled queue, kept between a client's polls.
+//! One broker consumer per polled queue, kept between a client's polls: the
+//! registry of queue entries, starting a consumer (after the queue's probe),
+//! and cancelling it.
 //!
 //! Consuming per poll (consume → one message → ack → cancel) costs two round
 //! trips per message; a client that just got a 200 is back within milliseconds
@@ -8,6 +10,9 @@
 //! consumer cannot take anything else from the queue. A poll that ends without a
 //! delivery (client gone, timeout, superseded) cancels the consumer at once and
 //! requeues whatever reached it, so nothing waits in a consumer nobody reads.
+//!
+//! Must not: turn deliveries into messages or settle them (`delivery`), or
+//! declare anything (`topology` probes the queue before a consumer starts).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,8 +20,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicRejectOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
 
+use super::broker::Inner;
+use super::errors::{from_lapin_on, short};
+use crate::broker::{BrokerError, BrokerErrorKind};
 use crate::telemetry::Metrics;
 
 /// A live `basic.consume` on one queue.
@@ -169,6 +178,103 @@ impl ConsumerRegistry {
     pub(crate) fn take_all(&self) -> Vec<Arc<QueueEntry>> {
         self.map().drain().map(|(_, e)| e).collect()
     }
+}
+
+/// A poll's use of a queue entry; on drop it tells the registry, and cancels the
+/// consumer when the poll ended without a delivery and nobody else polls.
+pub(crate) struct EntryUse<'a> {
+    registry: &'a ConsumerRegistry,
+    queue: &'a str,
+    pub(crate) entry: Arc<QueueEntry>,
+    /// The poll got a message: the consumer lingers for the client's next poll.
+    pub(crate) delivered: bool,
+}
+
+impl ConsumerRegistry {
+    /// Registers a poll on `queue` for as long as the returned use lives.
+    pub(crate) fn use_entry<'a>(&'a self, queue: &'a str) -> EntryUse<'a> {
+        EntryUse {
+            registry: self,
+            queue,
+            entry: self.enter(queue),
+            delivered: false,
+        }
+    }
+}
+
+impl Drop for EntryUse<'_> {
+    fn drop(&mut self) {
+        let retire = self.registry.leave(self.queue, &self.entry, self.delivered);
+        if retire {
+            let entry = self.entry.clone();
+            tokio::spawn(async move { entry.retire().await });
+        }
+    }
+}
+
+/// The entry's consumer slot. Waiting for it (rare: a superseded poll still
+/// holds it) is boxed, so that a held poll's future is not sized for it.
+pub(crate) async fn consumer_slot(
+    entry: &QueueEntry,
+) -> tokio::sync::MutexGuard<'_, Option<ActiveConsumer>> {
+    match entry.active.try_lock() {
+        Ok(active) => active,
+        Err(_) => Box::pin(entry.active.lock()).await,
+    }
+}
+
+/// A consumer is there and its channel is open.
+pub(crate) fn live_consumer(active: &Option<ActiveConsumer>) -> bool {
+    active
+        .as_ref()
+        .is_some_and(|a| a.channel.status().connected())
+}
+
+/// Makes sure the queue's entry holds a live consumer. The consumer is
+/// created in a task of its own and stored in the entry by that task: a
+/// poll dropped while `basic.consume` is in flight (a client gone within
+/// milliseconds) must not leave a consumer registered on the broker that
+/// nothing reads or cancels — it would hold a message unacked forever.
+/// Whoever retires the entry waits for the task and cancels what it made.
+pub(crate) async fn ensure_consumer(
+    inner: &Arc<Inner>,
+    entry: &Arc<QueueEntry>,
+    queue: &str,
+) -> Result<(), BrokerError> {
+    // The caller found none live; the task checks again under the lock.
+    let (inner, entry, queue) = (inner.clone(), entry.clone(), queue.to_owned());
+    tokio::spawn(async move {
+        let mut active = entry.active.lock().await;
+        if live_consumer(&active) {
+            return Ok(());
+        }
+        *active = None;
+        *active = Some(start_consumer(&inner, &queue).await?);
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| Err(BrokerError::new(BrokerErrorKind::Internal, e.to_string())))
+}
+
+/// Probes the queue, then consumes it on a shared consumer channel.
+async fn start_consumer(inner: &Inner, queue: &str) -> Result<ActiveConsumer, BrokerError> {
+    inner.topology.probe_queue(queue).await?;
+    let channel = inner.consumer_channels.channel().await?;
+    let tag = format!("lp-{}", uuid::Uuid::new_v4().simple());
+    let consumer = channel
+        .basic_consume(
+            short(queue)?,
+            short(&tag)?,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| from_lapin_on(&e, &[queue]))?;
+    Ok(ActiveConsumer::new(
+        channel,
+        consumer,
+        inner.metrics.clone(),
+    ))
 }
 
 #[cfg(test)]

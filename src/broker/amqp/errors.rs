@@ -1,5 +1,7 @@
 //! lapin and deadpool errors mapped to [`BrokerError`] kinds — the table that
 //! decides what a held poll waits through and what it reports.
+//!
+//! Must not: retry or reconnect itself; callers act on the kinds.
 
 use lapin::ErrorKind as LapinKind;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};

@@ -6,6 +6,18 @@
 //! [`NEGATIVE_TTL`]. It holds at most [`NEGATIVE_CAPACITY`] names (the oldest go
 //! first), so random keys cannot grow it; their cost is bounded instead by the
 //! probe concurrency limit in the broker.
+//!
+//! Hand-written, after measuring the crates that could hold it (criterion,
+//! 10,000 names held, two alternated rounds, SipHash everywhere). moka is the
+//! one that keeps this eviction order (its LRU policy; its default TinyLFU and
+//! quick_cache's S3-FIFO keep early names through a flood of new ones): an
+//! insert into the full cache 3.8–4.3 µs against 0.33–0.48 µs here, a
+//! remembered name 105–123 ns against 66–97 ns, an absent one 41–66 ns against
+//! 73–79 ns, and 318 bytes a name against 254. quick_cache is faster still (inserts
+//! ~0.25x, lookups ~0.5–0.8x, 160 bytes a name) but has no time-to-live and
+//! would answer a flood differently.
+//!
+//! Must not: ask the broker anything; `topology` decides what goes in.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

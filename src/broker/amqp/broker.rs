@@ -1,0 +1,276 @@
+//! [`AmqpBroker`]: the [`Broker`] boundary on RabbitMQ. It puts the parts
+//! together (connections, channels, topology, consumers, the background tasks)
+//! and runs each operation through them; the wait for a message is here, what
+//! it waits on lives in `consumers`.
+//!
+//! Must not: speak AMQP beyond publishing and the consumer loop — declares and
+//! probes are `topology`'s, message properties and settling `delivery`'s,
+//! reconnecting the supervisor's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::Confirmation;
+use lapin::options::BasicPublishOptions;
+use tokio_util::sync::CancellationToken;
+
+use super::AmqpOptions;
+use super::channels::{self, ConsumerChannels, OpChannelPool, op_channel};
+use super::connections::Connections;
+use super::consumers::{ConsumerRegistry, consumer_slot, ensure_consumer, live_consumer};
+use super::delivery::{publish_properties, to_delivery};
+use super::errors::{from_lapin_on, short};
+use super::supervisor::{self, Link};
+use super::topology::Topology;
+use crate::broker::{
+    Backoff, Broker, BrokerError, BrokerErrorKind, Connectivity, Delivery, OutgoingMessage,
+    QueueStats,
+};
+use crate::telemetry::Metrics;
+
+/// The parts of one broker, shared by its handles and (weakly) its tasks.
+pub(crate) struct Inner {
+    pub(crate) options: AmqpOptions,
+    pub(crate) connections: Connections,
+    /// Operation channels: declares, binds, deletes, publishes.
+    pub(crate) ops: OpChannelPool,
+    pub(crate) topology: Topology,
+    pub(crate) consumer_channels: Arc<ConsumerChannels>,
+    pub(crate) consumers: ConsumerRegistry,
+    pub(crate) link: Link,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) stop: CancellationToken,
+}
+
+/// How long each step of closing the broker may wait for RabbitMQ's replies.
+const CLOSE_STEP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The RabbitMQ broker. Cheap to clone.
+#[derive(Clone)]
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpBroker")
+            .field("url", &self.inner.options.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmqpBroker {
+    /// Builds the pools and starts the connection supervisor. Does not wait for
+    /// the broker: one that is down is reconnected in the background.
+    pub fn start(options: AmqpOptions, metrics: Arc<Metrics>) -> Result<Self, BrokerError> {
+        // The process id in the name lets an operator (and a test) tell one
+        // replica's connections apart in `rabbitmqctl list_connections`.
+        let name = format!("longpoll-gateway pid={}", std::process::id());
+        let connections = Connections::new(
+            &options.url,
+            name.clone(),
+            options.connections,
+            &options.tls,
+        )?;
+        let ops = channels::op_channel_pool(&connections, options.channel_pool_size)?;
+        // Passive declares (probes) get a connection of their own: each unknown
+        // queue closes the channel it was probed on, and that churn stays away
+        // from the consumers and the operations.
+        let probe_slots = (options.channel_pool_size / 2).clamp(1, 8);
+        let probe_connections =
+            Connections::new(&options.url, format!("{name} probes"), 1, &options.tls)?;
+        let topology = Topology::new(
+            options.exchange.clone(),
+            options.exchange_type,
+            options.subscription_expiry,
+            ops.clone(),
+            probe_connections,
+            probe_slots,
+            metrics.clone(),
+        )?;
+        let inner = Arc::new(Inner {
+            consumer_channels: ConsumerChannels::new(
+                channels::consumer_channel_count(options.channel_pool_size),
+                connections.clone(),
+            ),
+            consumers: ConsumerRegistry::new(options.consumer_linger),
+            options,
+            connections,
+            ops,
+            topology,
+            link: Link::new(),
+            metrics,
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(supervisor::supervise(
+            Arc::downgrade(&inner),
+            inner.stop.clone(),
+        ));
+        tokio::spawn(supervisor::reap_idle_consumers(
+            Arc::downgrade(&inner),
+            inner.stop.clone(),
+        ));
+        Ok(AmqpBroker { inner })
+    }
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn kind(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    async fn next_message(&self, queue: &str) -> Result<Delivery, BrokerError> {
+        let inner = &self.inner;
+        let mut usage = inner.consumers.use_entry(queue);
+        let mut backoff =
+            Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).with_jitter();
+        // The rare paths (broker down, consumer to start, backoff) are boxed, so
+        // that the future every held poll keeps is sized for the wait alone.
+        loop {
+            if inner.link.connectivity() != Connectivity::Connected {
+                Box::pin(inner.link.wait_connected(&inner.stop)).await;
+            }
+            if inner.stop.is_cancelled() {
+                return Err(BrokerError::new(
+                    BrokerErrorKind::Unavailable,
+                    "the broker is closing",
+                ));
+            }
+            let entry = usage.entry.clone();
+            let mut active = consumer_slot(&entry).await;
+            if !live_consumer(&active) {
+                drop(active);
+                match Box::pin(ensure_consumer(inner, &entry, queue)).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_recoverable() => {
+                        tracing::debug!(error = %e, "cannot consume yet; retrying");
+                        Box::pin(tokio::time::sleep(backoff.next_delay())).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                active = consumer_slot(&entry).await;
+            }
+            let Some(consumer) = active.as_mut() else {
+                continue; // retired in between: start again
+            };
+            match consumer.consumer.next().await {
+                Some(Ok(delivery)) => {
+                    usage.delivered = true;
+                    return Ok(to_delivery(delivery, &consumer.channel, &inner.metrics));
+                }
+                Some(Err(e)) => {
+                    *active = None;
+                    let e = from_lapin_on(&e, &[queue]);
+                    if !e.is_recoverable() && e.kind() != BrokerErrorKind::NotFound {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, "consumer lost; resuming");
+                }
+                None => {
+                    // Cancelled by the broker (queue deleted) or channel closed:
+                    // the next round probes the queue again.
+                    *active = None;
+                }
+            }
+            drop(active);
+            Box::pin(tokio::time::sleep(backoff.next_delay())).await;
+        }
+    }
+
+    async fn declare_subscription(
+        &self,
+        queue: &str,
+        event_keys: &[String],
+    ) -> Result<(), BrokerError> {
+        self.inner
+            .topology
+            .declare_subscription(queue, event_keys)
+            .await
+    }
+
+    async fn add_bindings(&self, queue: &str, event_keys: &[String]) -> Result<(), BrokerError> {
+        self.inner.topology.add_bindings(queue, event_keys).await
+    }
+
+    async fn delete_subscription(&self, queue: &str) -> Result<(), BrokerError> {
+        self.inner.topology.delete_queue(queue).await
+    }
+
+    async fn publish(&self, message: OutgoingMessage) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let topology = &inner.topology;
+        let routing_key = short(&message.routing_key)?;
+        let exchange = short(topology.exchange())?;
+        let properties = publish_properties(&message)?;
+        topology
+            .with_exchange(|| {
+                let (exchange, routing_key, properties) =
+                    (exchange.clone(), routing_key.clone(), properties.clone());
+                let body = &message.body;
+                async move {
+                    let ch = op_channel(&inner.ops, &inner.metrics).await?;
+                    let confirm = ch
+                        .basic_publish(
+                            exchange,
+                            routing_key,
+                            BasicPublishOptions::default(),
+                            body,
+                            properties,
+                        )
+                        .await
+                        .map_err(|e| from_lapin_on(&e, &[topology.exchange()]))?
+                        .await
+                        .map_err(|e| from_lapin_on(&e, &[topology.exchange()]))?;
+                    ch.done();
+                    match confirm {
+                        Confirmation::Ack(_) | Confirmation::NotRequested => {
+                            inner.metrics.events_published.inc();
+                            Ok(())
+                        }
+                        Confirmation::Nack(_) => Err(BrokerError::new(
+                            BrokerErrorKind::Nacked,
+                            "the broker did not accept the message",
+                        )),
+                    }
+                }
+            })
+            .await
+    }
+
+    fn connectivity(&self) -> Connectivity {
+        self.inner.link.connectivity()
+    }
+
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        self.inner.topology.queue_stats(queue).await
+    }
+
+    async fn close(&self) {
+        let inner = &self.inner;
+        inner.stop.cancel();
+        // Cancelling consumers and closing channels wait on the broker's replies.
+        // A reply that never comes (a broker under load, lapin losing one) must
+        // not hold the process up: closing the connections below makes the
+        // broker requeue whatever is still unacked anyway.
+        let orderly = async {
+            for entry in inner.consumers.take_all() {
+                entry.retire().await;
+            }
+            inner.consumer_channels.close_all().await;
+        };
+        if tokio::time::timeout(CLOSE_STEP_TIMEOUT, orderly)
+            .await
+            .is_err()
+        {
+            tracing::warn!("consumers and channels did not close in time; closing the connections");
+        }
+        inner.ops.close();
+        inner.topology.close();
+        inner.connections.close_idle(CLOSE_STEP_TIMEOUT).await;
+        inner.link.mark_closed(&inner.metrics);
+    }
+}
