@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use longpoll_gateway::config::{Cli, Command};
-use longpoll_gateway::{cli, gateway, telemetry};
+use longpoll_gateway::cli::{self, Cli, Command};
+use longpoll_gateway::{gateway, telemetry};
 
 // Every poll allocates and frees many small objects across threads: glibc's
 // allocator took a quarter of the CPU under load. jemalloc gave +33% deliveries/s

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use url::Url;
 
 pub mod txlongpoll;
@@ -29,24 +29,6 @@ impl ConfigError {
         let env = env_name(name);
         ConfigError(format!("invalid --{name} (or {env}): {why}"))
     }
-}
-
-/// The `longpoll-gateway` command line.
-#[derive(Debug, Parser)]
-#[command(name = "longpoll-gateway", version, about, long_about = None)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Hold browser long-polls on AMQP queues (the gateway itself).
-    Serve(Box<ServeArgs>),
-    /// Create a subscription queue bound to event keys; prints {"key": ..., "uri": ...}.
-    Subscribe(crate::cli::SubscribeArgs),
-    /// Publish an event (a JSON object) under an event key.
-    Emit(crate::cli::EmitArgs),
 }
 
 /// `serve` flags. Every value is kept as text here and parsed in one place
