@@ -3,8 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use longpoll_gateway::cli::{self, Cli, Command};
+use longpoll_gateway::cli::{self, Command, ParseError};
 use longpoll_gateway::{gateway, telemetry};
 
 // Every poll allocates and frees many small objects across threads: glibc's
@@ -65,9 +64,13 @@ fn spawn_page_purger() {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match cli::parse(std::env::args_os()) {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(ParseError::Config(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        Err(ParseError::CommandLine(e)) => {
             use clap::error::ErrorKind;
             if matches!(
                 e.kind(),

@@ -240,3 +240,23 @@ impl Default for Settings {
 pub fn is_printable_ascii(s: &str) -> bool {
     s.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_password_is_redacted_in_display_and_errors() {
+        let b = BrokerUrl::parse("amqp://user:s3cret@localhost:5672/%2f").unwrap();
+        assert!(!format!("{b} {b:?}").contains("s3cret"));
+        assert!(format!("{b}").contains("user:***@localhost"));
+    }
+
+    #[test]
+    fn the_api_token_is_never_printed() {
+        assert_eq!(
+            format!("{:?}", ApiToken::new("s3cret-token")),
+            "ApiToken(***)"
+        );
+    }
+}
