@@ -3,9 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use longpoll_gateway::config::{Cli, Command};
-use longpoll_gateway::{cli, gateway, telemetry};
+use longpoll_gateway::cli::{self, Command, ParseError};
+use longpoll_gateway::{gateway, telemetry};
 
 // Every poll allocates and frees many small objects across threads: glibc's
 // allocator took a quarter of the CPU under load. jemalloc gave +33% deliveries/s
@@ -65,9 +64,13 @@ fn spawn_page_purger() {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match cli::parse(std::env::args_os()) {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(ParseError::Config(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        Err(ParseError::CommandLine(e)) => {
             use clap::error::ErrorKind;
             if matches!(
                 e.kind(),

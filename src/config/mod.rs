@@ -1,57 +1,74 @@
-//! Configuration: the command line, its environment variables and the TOML file,
-//! read once into the typed [`Settings`].
+//! Configuration: `serve`'s flags, their environment variables and the
+//! configuration files, read once into the typed [`Settings`].
 //!
-//! Owns: flag names, environment names, defaults and validation. Precedence is
-//! flag > environment > `--config` file > default (clap resolves flag > env; the
-//! file and the defaults are merged here). Nothing else reads the environment.
+//! **One definition per setting.** A setting is one field of [`ServeArgs`]:
+//! its flag (`long`), its variable (`env`, `LONGPOLL_` + the flag in capitals,
+//! which a test holds every field to), its type, and its kind's value parser
+//! ([`value::Setting`] over one function of [`value`] per kind). The
+//! configuration file's keys are the flags themselves ([`file_keys`]), so a
+//! setting cannot be a flag without being a file key or the reverse. A serde
+//! struct for the file would be a second list of the same thirty settings
+//! with a second set of types and errors; a table beside clap, a third.
+//!
+//! **Precedence** is clap's own: flag > environment > default. `cli::parse`
+//! reads the files the first parse names ([`FileValues`]: the
+//! `--config` TOML file over the `--txlongpoll-config` file) and parses again
+//! with their values as the flags' defaults. So a value from any source goes
+//! through the same value parser and is refused with the same line,
+//! `invalid --{flag} (or {ENV}): {why}`; what no source gives is the
+//! contract's default ([`Settings::default`]), applied in
+//! [`ServeArgs::into_settings`], which also checks the settings that depend
+//! on one another.
 //!
 //! Must not: be consulted from anywhere but `main`; everything downstream gets a
-//! [`Settings`] (or the part of it it needs) passed in.
+//! [`Settings`] (or the part of it it needs) passed in. Nothing else reads the
+//! environment.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use url::Url;
 
+mod file;
+mod settings;
 pub mod txlongpoll;
+pub mod value;
+
+pub use file::FileValues;
+pub use settings::{
+    ApiToken, BrokerTls, BrokerUrl, ConnectionLimits, DEFAULT_CHANNEL_POOL_SIZE, ExchangeType,
+    LogFormat, MemoryLimits, SecretUrl, Settings, is_printable_ascii, redact_url,
+};
+pub use value::parse_duration;
+use value::{Clearable, Setting};
 
 /// One line saying what is wrong with the configuration.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(String);
 
 impl ConfigError {
-    fn invalid(name: &str, why: impl fmt::Display) -> Self {
-        let env = env_name(name);
-        ConfigError(format!("invalid --{name} (or {env}): {why}"))
+    /// The one wording of a refused value, wherever it came from.
+    fn invalid(flag: &str, why: impl fmt::Display) -> Self {
+        let env = env_name(flag);
+        ConfigError(format!("invalid --{flag} (or {env}): {why}"))
     }
 }
 
-/// The `longpoll-gateway` command line.
-#[derive(Debug, Parser)]
-#[command(name = "longpoll-gateway", version, about, long_about = None)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
+/// The environment variable of a flag.
+fn env_name(flag: &str) -> String {
+    if flag == "cors-origin" {
+        return "LONGPOLL_CORS_ORIGINS".into();
+    }
+    format!("LONGPOLL_{}", flag.replace('-', "_").to_uppercase())
 }
 
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Hold browser long-polls on AMQP queues (the gateway itself).
-    Serve(Box<ServeArgs>),
-    /// Create a subscription queue bound to event keys; prints {"key": ..., "uri": ...}.
-    Subscribe(crate::cli::SubscribeArgs),
-    /// Publish an event (a JSON object) under an event key.
-    Emit(crate::cli::EmitArgs),
-}
-
-/// `serve` flags. Every value is kept as text here and parsed in one place
-/// ([`ServeArgs::into_settings`]) so that a flag, an environment variable and a
-/// file entry get the same validation and the same error wording.
+/// `serve`'s flags: every setting, defined once (see the module's docs).
+/// `None` is "not given anywhere": [`ServeArgs::into_settings`] then takes
+/// the contract's default.
 #[derive(Debug, Default, Clone, Args)]
 pub struct ServeArgs {
     /// TOML file that may set any of the settings below (keys named like the flags).
@@ -61,781 +78,267 @@ pub struct ServeArgs {
     /// prefix, broker host/port/username/password/vhost), below --config.
     #[arg(long, value_name = "FILE")]
     pub txlongpoll_config: Option<PathBuf>,
+
     /// Public listener: long-polls, JS client, demo, management API.
-    #[arg(long, value_name = "ADDR", env = "LONGPOLL_LISTEN")]
-    pub listen: Option<String>,
+    #[arg(long, value_name = "ADDR", env = "LONGPOLL_LISTEN",
+          value_parser = Setting(value::address))]
+    pub listen: Option<SocketAddr>,
     /// Admin listener: /metrics, /healthz, /readyz (never behind the ingress).
-    #[arg(long, value_name = "ADDR", env = "LONGPOLL_ADMIN_LISTEN")]
-    pub admin_listen: Option<String>,
+    #[arg(long, value_name = "ADDR", env = "LONGPOLL_ADMIN_LISTEN",
+          value_parser = Setting(value::address))]
+    pub admin_listen: Option<SocketAddr>,
     /// `memory://` (embedded broker, one replica) or `amqp://user:pass@host:5672/vhost`.
-    #[arg(long, value_name = "URL", env = "LONGPOLL_BROKER")]
-    pub broker: Option<String>,
+    #[arg(long, value_name = "URL", env = "LONGPOLL_BROKER",
+          value_parser = Setting(value::broker))]
+    pub broker: Option<BrokerUrl>,
     /// Exchange that events are published to and subscription queues are bound to.
-    #[arg(long, value_name = "NAME", env = "LONGPOLL_EXCHANGE")]
+    #[arg(long, value_name = "NAME", env = "LONGPOLL_EXCHANGE",
+          value_parser = Setting(value::exchange))]
     pub exchange: Option<String>,
     /// `topic` or `direct`; an existing exchange is used as it is.
-    #[arg(long, value_name = "TYPE", env = "LONGPOLL_EXCHANGE_TYPE")]
-    pub exchange_type: Option<String>,
+    #[arg(long, value_name = "TYPE", env = "LONGPOLL_EXCHANGE_TYPE",
+          value_parser = Setting(value::exchange_type))]
+    pub exchange_type: Option<ExchangeType>,
     /// Subscription queues are deleted by the broker after this long unused.
-    #[arg(long, value_name = "DURATION", env = "LONGPOLL_SUBSCRIPTION_EXPIRY")]
-    pub subscription_expiry: Option<String>,
+    #[arg(long, value_name = "DURATION", env = "LONGPOLL_SUBSCRIPTION_EXPIRY",
+          value_parser = Setting(value::duration))]
+    pub subscription_expiry: Option<Duration>,
     /// Only queues whose name starts with this may be polled.
-    #[arg(long, value_name = "PREFIX", env = "LONGPOLL_QUEUE_PREFIX")]
+    #[arg(long, value_name = "PREFIX", env = "LONGPOLL_QUEUE_PREFIX",
+          value_parser = Setting(value::queue_prefix))]
     pub queue_prefix: Option<String>,
     /// How long a poll is held before 408.
-    #[arg(long, value_name = "DURATION", env = "LONGPOLL_POLL_TIMEOUT")]
-    pub poll_timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", env = "LONGPOLL_POLL_TIMEOUT",
+          value_parser = Setting(value::duration))]
+    pub poll_timeout: Option<Duration>,
     /// Polls held at once by this replica; beyond it: 503 + Retry-After.
-    #[arg(long, value_name = "N", env = "LONGPOLL_MAX_POLLS")]
-    pub max_polls: Option<String>,
+    #[arg(long, value_name = "N", env = "LONGPOLL_MAX_POLLS",
+          value_parser = Setting(value::count))]
+    pub max_polls: Option<usize>,
     /// How long an answered (uuid, sequence) is kept for an identical retry.
-    #[arg(long, value_name = "DURATION", env = "LONGPOLL_REPLAY_TTL")]
-    pub replay_ttl: Option<String>,
+    #[arg(long, value_name = "DURATION", env = "LONGPOLL_REPLAY_TTL",
+          value_parser = Setting(value::duration))]
+    pub replay_ttl: Option<Duration>,
     /// Most (uuid, sequence) answers kept for replay; the oldest are requeued beyond it.
-    #[arg(long, value_name = "N", env = "LONGPOLL_REPLAY_CAPACITY")]
-    pub replay_capacity: Option<String>,
+    #[arg(long, value_name = "N", env = "LONGPOLL_REPLAY_CAPACITY",
+          value_parser = Setting(value::count))]
+    pub replay_capacity: Option<usize>,
     /// Bearer token for the management API; unset = management API disabled.
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "LONGPOLL_API_TOKEN",
-        hide_env_values = true
-    )]
-    pub api_token: Option<String>,
+    #[arg(long, value_name = "TOKEN", env = "LONGPOLL_API_TOKEN", hide_env_values = true,
+          value_parser = Setting(value::api_token))]
+    pub api_token: Option<Clearable<ApiToken>>,
     /// AMQP channels pooled per replica.
-    #[arg(long, value_name = "N", env = "LONGPOLL_CHANNEL_POOL_SIZE")]
-    pub channel_pool_size: Option<String>,
+    #[arg(long, value_name = "N", env = "LONGPOLL_CHANNEL_POOL_SIZE",
+          value_parser = Setting(value::channel_pool_size))]
+    pub channel_pool_size: Option<usize>,
     /// `text` or `json`.
-    #[arg(long, value_name = "FORMAT", env = "LONGPOLL_LOG_FORMAT")]
-    pub log_format: Option<String>,
+    #[arg(long, value_name = "FORMAT", env = "LONGPOLL_LOG_FORMAT",
+          value_parser = Setting(value::log_format))]
+    pub log_format: Option<LogFormat>,
     /// Poll URI handed to browsers in `uri` (default: from the API request).
-    #[arg(long, value_name = "URL", env = "LONGPOLL_PUBLIC_URL")]
-    pub public_url: Option<String>,
+    #[arg(long, value_name = "URL", env = "LONGPOLL_PUBLIC_URL",
+          value_parser = Setting(value::public_url))]
+    pub public_url: Option<Clearable<Url>>,
     /// Origin allowed to poll from another origin (repeatable).
-    #[arg(
-        long = "cors-origin",
-        value_name = "ORIGIN",
-        env = "LONGPOLL_CORS_ORIGINS",
-        value_delimiter = ','
-    )]
-    pub cors_origins: Vec<String>,
+    #[arg(long = "cors-origin", value_name = "ORIGIN", env = "LONGPOLL_CORS_ORIGINS",
+          value_delimiter = ',', value_parser = Setting(value::origin))]
+    pub cors_origins: Vec<Clearable<String>>,
     /// Shutdown drain window: held polls are answered 503 and the process exits within it.
-    #[arg(long, value_name = "DURATION", env = "LONGPOLL_DRAIN_TIMEOUT")]
-    pub drain_timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", env = "LONGPOLL_DRAIN_TIMEOUT",
+          value_parser = Setting(value::duration))]
+    pub drain_timeout: Option<Duration>,
     /// Embedded broker: messages kept per queue (the oldest are dropped beyond it).
-    #[arg(long, value_name = "N", env = "LONGPOLL_MEMORY_MAX_MESSAGES_PER_QUEUE")]
-    pub memory_max_messages_per_queue: Option<String>,
+    #[arg(long, value_name = "N", env = "LONGPOLL_MEMORY_MAX_MESSAGES_PER_QUEUE",
+          value_parser = Setting(value::count))]
+    pub memory_max_messages_per_queue: Option<usize>,
     /// Embedded broker: subscription queues at most (new subscriptions are refused beyond it).
-    #[arg(long, value_name = "N", env = "LONGPOLL_MEMORY_MAX_QUEUES")]
-    pub memory_max_queues: Option<String>,
+    #[arg(long, value_name = "N", env = "LONGPOLL_MEMORY_MAX_QUEUES",
+          value_parser = Setting(value::count))]
+    pub memory_max_queues: Option<usize>,
     /// Time a client has to send a request head; also the idle keep-alive limit.
-    #[arg(long, value_name = "DURATION", env = "LONGPOLL_HEADER_READ_TIMEOUT")]
-    pub header_read_timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", env = "LONGPOLL_HEADER_READ_TIMEOUT",
+          value_parser = Setting(value::duration))]
+    pub header_read_timeout: Option<Duration>,
     /// Open connections per replica at most; beyond it new ones are closed at once.
-    #[arg(long, value_name = "N", env = "LONGPOLL_MAX_CONNECTIONS")]
-    pub max_connections: Option<String>,
+    #[arg(long, value_name = "N", env = "LONGPOLL_MAX_CONNECTIONS",
+          value_parser = Setting(value::count))]
+    pub max_connections: Option<usize>,
     /// Largest request head (request line and headers) in bytes; beyond: 431.
-    #[arg(long, value_name = "BYTES", env = "LONGPOLL_MAX_HEADER_BYTES")]
-    pub max_header_bytes: Option<String>,
+    #[arg(long, value_name = "BYTES", env = "LONGPOLL_MAX_HEADER_BYTES",
+          value_parser = Setting(value::max_header_bytes))]
+    pub max_header_bytes: Option<usize>,
     /// Longest request URI in bytes; beyond: 414.
-    #[arg(long, value_name = "BYTES", env = "LONGPOLL_MAX_URI_BYTES")]
-    pub max_uri_bytes: Option<String>,
+    #[arg(long, value_name = "BYTES", env = "LONGPOLL_MAX_URI_BYTES",
+          value_parser = Setting(value::count))]
+    pub max_uri_bytes: Option<usize>,
     /// HTTP/2: concurrent streams (held polls) per connection.
-    #[arg(long, value_name = "N", env = "LONGPOLL_HTTP2_MAX_STREAMS")]
-    pub http2_max_streams: Option<String>,
+    #[arg(long, value_name = "N", env = "LONGPOLL_HTTP2_MAX_STREAMS",
+          value_parser = Setting(value::http2_max_streams))]
+    pub http2_max_streams: Option<u32>,
     /// amqps: PEM file of the CA certificates that signed the broker's certificate.
-    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_CA_FILE")]
-    pub broker_ca_file: Option<String>,
+    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_CA_FILE",
+          value_parser = Setting(value::file))]
+    pub broker_ca_file: Option<Clearable<PathBuf>>,
     /// amqps: the name sent as SNI and verified in the broker's certificate, when
     /// it is not the URL's host (a broker reached by IP or through a tunnel).
-    #[arg(long, value_name = "NAME", env = "LONGPOLL_BROKER_TLS_SERVER_NAME")]
-    pub broker_tls_server_name: Option<String>,
+    #[arg(long, value_name = "NAME", env = "LONGPOLL_BROKER_TLS_SERVER_NAME",
+          value_parser = Setting(value::tls_server_name))]
+    pub broker_tls_server_name: Option<Clearable<String>>,
     /// amqps: PEM client certificate (with --broker-key-file).
-    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_CERT_FILE")]
-    pub broker_cert_file: Option<String>,
+    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_CERT_FILE",
+          value_parser = Setting(value::file))]
+    pub broker_cert_file: Option<Clearable<PathBuf>>,
     /// amqps: PEM (PKCS#8) private key of the client certificate.
-    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_KEY_FILE")]
-    pub broker_key_file: Option<String>,
+    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_KEY_FILE",
+          value_parser = Setting(value::file))]
+    pub broker_key_file: Option<Clearable<PathBuf>>,
     /// Broker username read from a file at each connection (a Secret mount).
-    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_USERNAME_FILE")]
-    pub broker_username_file: Option<String>,
+    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_USERNAME_FILE",
+          value_parser = Setting(value::file))]
+    pub broker_username_file: Option<Clearable<PathBuf>>,
     /// Broker password read from a file at each connection (a Secret mount).
-    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_PASSWORD_FILE")]
-    pub broker_password_file: Option<String>,
+    #[arg(long, value_name = "FILE", env = "LONGPOLL_BROKER_PASSWORD_FILE",
+          value_parser = Setting(value::file))]
+    pub broker_password_file: Option<Clearable<PathBuf>>,
+
+    /// Lines about the configuration files to log once logging is up; set by
+    /// `cli::parse` from the files it read, not a flag.
+    #[arg(skip)]
+    pub file_notices: Vec<String>,
 }
 
-/// Which broker the gateway talks to.
-#[derive(Clone, PartialEq, Eq)]
-pub enum BrokerUrl {
-    /// The embedded in-process broker (one replica only).
-    Memory,
-    /// RabbitMQ; the URL carries credentials and is never printed whole.
-    Amqp(SecretUrl),
-}
-
-impl BrokerUrl {
-    /// Parses `memory://` or an `amqp://` / `amqps://` URL.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let raw = raw.trim();
-        if raw == "memory://" || raw == "memory" {
-            return Ok(BrokerUrl::Memory);
-        }
-        let url = Url::parse(raw).map_err(|e| format!("not a URL ({e})"))?;
-        match url.scheme() {
-            "amqp" | "amqps" => {}
-            other => {
-                return Err(format!(
-                    "unsupported scheme {other:?}: use memory://, amqp:// or amqps://"
-                ));
-            }
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err("the URL has no host".into());
-        }
-        raw.parse::<lapin::uri::AMQPUri>()
-            .map_err(|e| format!("not an AMQP URL ({e})"))?;
-        Ok(BrokerUrl::Amqp(SecretUrl(raw.to_owned())))
-    }
-}
-
-impl fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BrokerUrl::Memory => f.write_str("memory://"),
-            BrokerUrl::Amqp(url) => url.fmt(f),
-        }
-    }
-}
-
-impl fmt::Debug for BrokerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// A broker URL that may hold a password: `Display`/`Debug` show it redacted.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretUrl(String);
-
-impl SecretUrl {
-    /// The full URL, for the AMQP client only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_url(&self.0))
-    }
-}
-
-impl fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Replaces the password of a URL with `***`.
-pub fn redact_url(raw: &str) -> String {
-    match Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        Ok(url) => url.to_string(),
-        Err(_) => "<unparsable url>".into(),
-    }
-}
-
-/// The management API's bearer token; never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiToken(String);
-
-impl ApiToken {
-    pub fn new(token: impl Into<String>) -> Self {
-        ApiToken(token.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ApiToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiToken(***)")
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExchangeType {
-    Topic,
-    Direct,
-}
-
-impl ExchangeType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExchangeType::Topic => "topic",
-            ExchangeType::Direct => "direct",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Limits of the embedded broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryLimits {
-    pub max_messages_per_queue: usize,
-    pub max_queues: usize,
-}
-
-/// Files for the broker connection: TLS material and credentials.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BrokerTls {
-    pub ca_file: Option<PathBuf>,
-    /// SNI and certificate name, instead of the URL's host.
-    pub server_name: Option<String>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    pub username_file: Option<PathBuf>,
-    pub password_file: Option<PathBuf>,
-}
-
-/// Connection limits of the public listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    pub header_read_timeout: Duration,
-    pub max_connections: usize,
-    pub max_header_bytes: usize,
-    pub max_uri_bytes: usize,
-    pub http2_max_streams: u32,
-}
-
-/// Everything `serve` needs, parsed and validated.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub listen: SocketAddr,
-    pub admin_listen: SocketAddr,
-    pub broker: BrokerUrl,
-    pub exchange: String,
-    pub exchange_type: ExchangeType,
-    pub subscription_expiry: Duration,
-    pub queue_prefix: String,
-    pub poll_timeout: Duration,
-    pub max_polls: usize,
-    pub replay_ttl: Duration,
-    pub replay_capacity: usize,
-    pub api_token: Option<ApiToken>,
-    pub channel_pool_size: usize,
-    pub log_format: LogFormat,
-    pub public_url: Option<Url>,
-    pub cors_origins: Vec<String>,
-    pub drain_timeout: Duration,
-    pub memory: MemoryLimits,
-    pub limits: ConnectionLimits,
-    pub broker_tls: BrokerTls,
-    /// Lines about the configuration to log once logging is up (keys of a
-    /// txlongpoll file that were ignored, its defaults that were taken).
-    pub config_notices: Vec<String>,
-}
-
-/// Default channel pool size: enough operation channels that declares, binds and
-/// publishes seldom wait for one, with 4 consumer channels beside them
-/// (`broker::amqp::channels::consumer_channel_count`).
-pub const DEFAULT_CHANNEL_POOL_SIZE: usize = 32;
-
-impl Default for Settings {
-    /// The contract's defaults.
-    fn default() -> Self {
-        Settings {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
-            broker: BrokerUrl::Memory,
-            exchange: "longpoll".into(),
-            exchange_type: ExchangeType::Topic,
-            subscription_expiry: Duration::from_secs(300),
-            queue_prefix: "longpoll.subscribe.".into(),
-            poll_timeout: Duration::from_secs(270),
-            max_polls: 100_000,
-            replay_ttl: Duration::from_secs(300),
-            replay_capacity: 1_000_000,
-            api_token: None,
-            channel_pool_size: DEFAULT_CHANNEL_POOL_SIZE,
-            log_format: LogFormat::Text,
-            public_url: None,
-            cors_origins: Vec::new(),
-            drain_timeout: Duration::from_secs(10),
-            memory: MemoryLimits {
-                max_messages_per_queue: 1_000,
-                max_queues: 100_000,
-            },
-            limits: ConnectionLimits {
-                header_read_timeout: Duration::from_secs(10),
-                max_connections: 110_000,
-                max_header_bytes: 16 * 1024,
-                max_uri_bytes: 4 * 1024,
-                http2_max_streams: 10_000,
-            },
-            broker_tls: BrokerTls::default(),
-            config_notices: Vec::new(),
-        }
-    }
-}
-
-/// Keys accepted in the `--config` file: the flag names.
-const FILE_KEYS: &[&str] = &[
-    "listen",
-    "admin-listen",
-    "broker",
-    "exchange",
-    "exchange-type",
-    "subscription-expiry",
-    "queue-prefix",
-    "poll-timeout",
-    "max-polls",
-    "replay-ttl",
-    "replay-capacity",
-    "api-token",
-    "channel-pool-size",
-    "log-format",
-    "public-url",
-    "cors-origin",
-    "drain-timeout",
-    "memory-max-messages-per-queue",
-    "memory-max-queues",
-    "header-read-timeout",
-    "max-connections",
-    "max-header-bytes",
-    "max-uri-bytes",
-    "http2-max-streams",
-    "broker-ca-file",
-    "broker-tls-server-name",
-    "broker-cert-file",
-    "broker-key-file",
-    "broker-username-file",
-    "broker-password-file",
-];
-
-fn env_name(flag: &str) -> String {
-    if flag == "cors-origin" {
-        return "LONGPOLL_CORS_ORIGINS".into();
-    }
-    format!("LONGPOLL_{}", flag.replace('-', "_").to_uppercase())
-}
-
-/// Values read from the `--config` file, as text, keyed by flag name.
-#[derive(Debug, Default)]
-struct FileValues(BTreeMap<String, String>);
-
-impl FileValues {
-    fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
-        Self::parse(&text)
-            .map_err(|why| ConfigError(format!("config file {}: {why}", path.display())))
-    }
-
-    fn parse(text: &str) -> Result<Self, String> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| e.message().to_owned())?;
-        let mut values = BTreeMap::new();
-        for (key, value) in table {
-            let key = key.replace('_', "-");
-            let key = if key == "cors-origins" {
-                "cors-origin".to_owned()
-            } else {
-                key
-            };
-            if !FILE_KEYS.contains(&key.as_str()) {
-                return Err(format!("unknown key {key:?}"));
-            }
-            let text = match value {
-                toml::Value::String(s) => s,
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                toml::Value::Array(items) => items
-                    .into_iter()
-                    .map(|v| match v {
-                        toml::Value::String(s) => Ok(s),
-                        other => Err(format!("{key}: expected strings, found {other}")),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-                    .join(","),
-                other => return Err(format!("{key}: unsupported value {other}")),
-            };
-            values.insert(key, text);
-        }
-        Ok(FileValues(values))
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-}
-
-/// Parses a duration: `270s`, `5m`, `1h 30m`, `500ms`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration ({e})"))
+/// The keys a configuration file may set: every `serve` flag but the two
+/// that name the files.
+pub fn file_keys() -> Vec<String> {
+    ServeArgs::augment_args(clap::Command::new("serve"))
+        .get_arguments()
+        .filter_map(clap::Arg::get_long)
+        .filter(|flag| !matches!(*flag, "config" | "txlongpoll-config"))
+        .map(str::to_owned)
+        .collect()
 }
 
 impl ServeArgs {
-    /// Merges flag/env, file and defaults, and validates everything.
+    /// Reads the configuration files these flags name.
+    pub fn read_files(&self) -> Result<FileValues, ConfigError> {
+        FileValues::read(self.config.as_deref(), self.txlongpoll_config.as_deref())
+    }
+
+    /// The settings: each value as a flag, a variable or a file gave it
+    /// (already read and checked by its value parser), else the contract's
+    /// default; then the checks that involve more than one setting.
     pub fn into_settings(self) -> Result<Settings, ConfigError> {
-        let mut file = match &self.config {
-            Some(path) => FileValues::load(path)?,
-            None => FileValues::default(),
-        };
-        // A txlongpoll file sits below the --config file.
-        let mut config_notices = Vec::new();
-        if let Some(path) = &self.txlongpoll_config {
-            let legacy = txlongpoll::TxlongpollConfig::load(path)?;
-            for (key, value) in legacy.values {
-                file.0.entry(key).or_insert(value);
-            }
-            config_notices = legacy.notices;
-        }
         let d = Settings::default();
-        // flag/env (already merged by clap) first, then the file.
-        let pick = |cli: &Option<String>, key: &str| -> Option<String> {
-            cli.clone().or_else(|| file.get(key).map(str::to_owned))
-        };
-
-        let listen = match pick(&self.listen, "listen") {
-            Some(v) => parse_addr("listen", &v)?,
-            None => d.listen,
-        };
-        let admin_listen = match pick(&self.admin_listen, "admin-listen") {
-            Some(v) => parse_addr("admin-listen", &v)?,
-            None => d.admin_listen,
-        };
-        let broker = match pick(&self.broker, "broker") {
-            Some(v) => BrokerUrl::parse(&v).map_err(|why| ConfigError::invalid("broker", why))?,
-            None => d.broker,
-        };
-        let exchange = match pick(&self.exchange, "exchange") {
-            Some(v) if v.is_empty() || v.len() > 255 => {
-                return Err(ConfigError::invalid("exchange", "must be 1 to 255 bytes"));
-            }
-            Some(v) => v,
-            None => d.exchange,
-        };
-        let exchange_type = match pick(&self.exchange_type, "exchange-type").as_deref() {
-            None => d.exchange_type,
-            Some("topic") => ExchangeType::Topic,
-            Some("direct") => ExchangeType::Direct,
-            Some(other) => {
-                return Err(ConfigError::invalid(
-                    "exchange-type",
-                    format!("{other:?}: expected topic or direct"),
-                ));
-            }
-        };
-        let subscription_expiry = duration(
-            "subscription-expiry",
-            pick(&self.subscription_expiry, "subscription-expiry"),
-            d.subscription_expiry,
-        )?;
-        let queue_prefix = match pick(&self.queue_prefix, "queue-prefix") {
-            Some(v) if v.is_empty() => {
-                return Err(ConfigError::invalid(
-                    "queue-prefix",
-                    "must not be empty (it is what keeps browsers out of other queues)",
-                ));
-            }
-            Some(v) if !is_printable_ascii(&v) || v.len() > 200 => {
-                return Err(ConfigError::invalid(
-                    "queue-prefix",
-                    "must be printable ASCII, at most 200 bytes",
-                ));
-            }
-            Some(v) => v,
-            None => d.queue_prefix,
-        };
-        let poll_timeout = duration(
-            "poll-timeout",
-            pick(&self.poll_timeout, "poll-timeout"),
-            d.poll_timeout,
-        )?;
-        let max_polls = count("max-polls", pick(&self.max_polls, "max-polls"), d.max_polls)?;
-        let replay_ttl = duration(
-            "replay-ttl",
-            pick(&self.replay_ttl, "replay-ttl"),
-            d.replay_ttl,
-        )?;
-        let replay_capacity = count(
-            "replay-capacity",
-            pick(&self.replay_capacity, "replay-capacity"),
-            d.replay_capacity,
-        )?;
-        let api_token = match pick(&self.api_token, "api-token") {
-            Some(v) if v.is_empty() => None,
-            Some(v) if v.len() < 8 || !is_printable_ascii(&v) => {
-                return Err(ConfigError::invalid(
-                    "api-token",
-                    "must be at least 8 printable ASCII characters",
-                ));
-            }
-            Some(v) => Some(ApiToken(v)),
-            None => None,
-        };
-        let channel_pool_size = count(
-            "channel-pool-size",
-            pick(&self.channel_pool_size, "channel-pool-size"),
-            d.channel_pool_size,
-        )?;
-        if channel_pool_size > 2000 {
-            return Err(ConfigError::invalid(
-                "channel-pool-size",
-                "at most 2000 (RabbitMQ allows 2047 channels per connection)",
-            ));
-        }
-        let log_format = match pick(&self.log_format, "log-format").as_deref() {
-            None => d.log_format,
-            Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError::invalid(
-                    "log-format",
-                    format!("{other:?}: expected text or json"),
-                ));
-            }
-        };
-        let public_url = match pick(&self.public_url, "public-url") {
-            None => None,
-            Some(v) if v.is_empty() => None,
-            Some(v) => {
-                let url = Url::parse(&v)
-                    .map_err(|e| ConfigError::invalid("public-url", format!("{v:?}: {e}")))?;
-                if !matches!(url.scheme(), "http" | "https") {
-                    return Err(ConfigError::invalid("public-url", "must be http or https"));
-                }
-                Some(url)
-            }
-        };
-        let cors_origins = if self.cors_origins.is_empty() {
-            file.get("cors-origin")
-                .map(|v| v.split(',').map(str::to_owned).collect())
-                .unwrap_or_default()
-        } else {
-            self.cors_origins.clone()
-        };
-        let cors_origins = cors_origins
-            .into_iter()
-            .map(|o| o.trim().to_owned())
-            .filter(|o| !o.is_empty())
-            .map(|o| validate_origin(&o).map(|()| o))
-            .collect::<Result<Vec<_>, _>>()?;
-        let drain_timeout = duration(
-            "drain-timeout",
-            pick(&self.drain_timeout, "drain-timeout"),
-            d.drain_timeout,
-        )?;
-        let memory = MemoryLimits {
-            max_messages_per_queue: count(
-                "memory-max-messages-per-queue",
-                pick(
-                    &self.memory_max_messages_per_queue,
-                    "memory-max-messages-per-queue",
-                ),
-                d.memory.max_messages_per_queue,
-            )?,
-            max_queues: count(
-                "memory-max-queues",
-                pick(&self.memory_max_queues, "memory-max-queues"),
-                d.memory.max_queues,
-            )?,
-        };
-
-        let max_header_bytes = count(
-            "max-header-bytes",
-            pick(&self.max_header_bytes, "max-header-bytes"),
-            d.limits.max_header_bytes,
-        )?;
-        if max_header_bytes < 8192 {
-            return Err(ConfigError::invalid(
-                "max-header-bytes",
-                "at least 8192 (hyper's smallest read buffer)",
-            ));
-        }
-        let limits = ConnectionLimits {
-            header_read_timeout: duration(
-                "header-read-timeout",
-                pick(&self.header_read_timeout, "header-read-timeout"),
-                d.limits.header_read_timeout,
-            )?,
-            max_connections: count(
-                "max-connections",
-                pick(&self.max_connections, "max-connections"),
-                d.limits.max_connections,
-            )?,
-            max_header_bytes,
-            max_uri_bytes: count(
-                "max-uri-bytes",
-                pick(&self.max_uri_bytes, "max-uri-bytes"),
-                d.limits.max_uri_bytes,
-            )?,
-            http2_max_streams: u32::try_from(count(
-                "http2-max-streams",
-                pick(&self.http2_max_streams, "http2-max-streams"),
-                d.limits.http2_max_streams as usize,
-            )?)
-            .map_err(|_| ConfigError::invalid("http2-max-streams", "too large"))?,
-        };
-
-        let file = |name: &str, v: &Option<String>| -> Result<Option<PathBuf>, ConfigError> {
-            match pick(v, name) {
-                None => Ok(None),
-                Some(p) if p.is_empty() => Ok(None),
-                Some(p) => {
-                    let path = PathBuf::from(&p);
-                    std::fs::metadata(&path)
-                        .map_err(|e| ConfigError::invalid(name, format!("{p}: {e}")))?;
-                    Ok(Some(path))
-                }
-            }
-        };
-        let broker_tls = BrokerTls {
-            ca_file: file("broker-ca-file", &self.broker_ca_file)?,
-            server_name: match pick(&self.broker_tls_server_name, "broker-tls-server-name") {
-                None => None,
-                Some(n) if n.is_empty() => None,
-                Some(n) => Some(tls_server_name(&n)?),
+        let settings = Settings {
+            listen: self.listen.unwrap_or(d.listen),
+            admin_listen: self.admin_listen.unwrap_or(d.admin_listen),
+            broker: self.broker.unwrap_or(d.broker),
+            exchange: self.exchange.unwrap_or(d.exchange),
+            exchange_type: self.exchange_type.unwrap_or(d.exchange_type),
+            subscription_expiry: self.subscription_expiry.unwrap_or(d.subscription_expiry),
+            queue_prefix: self.queue_prefix.unwrap_or(d.queue_prefix),
+            poll_timeout: self.poll_timeout.unwrap_or(d.poll_timeout),
+            max_polls: self.max_polls.unwrap_or(d.max_polls),
+            replay_ttl: self.replay_ttl.unwrap_or(d.replay_ttl),
+            replay_capacity: self.replay_capacity.unwrap_or(d.replay_capacity),
+            api_token: set(self.api_token),
+            channel_pool_size: self.channel_pool_size.unwrap_or(d.channel_pool_size),
+            log_format: self.log_format.unwrap_or(d.log_format),
+            public_url: set(self.public_url),
+            cors_origins: self.cors_origins.into_iter().filter_map(|o| o.0).collect(),
+            drain_timeout: self.drain_timeout.unwrap_or(d.drain_timeout),
+            memory: MemoryLimits {
+                max_messages_per_queue: self
+                    .memory_max_messages_per_queue
+                    .unwrap_or(d.memory.max_messages_per_queue),
+                max_queues: self.memory_max_queues.unwrap_or(d.memory.max_queues),
             },
-            cert_file: file("broker-cert-file", &self.broker_cert_file)?,
-            key_file: file("broker-key-file", &self.broker_key_file)?,
-            username_file: file("broker-username-file", &self.broker_username_file)?,
-            password_file: file("broker-password-file", &self.broker_password_file)?,
+            limits: ConnectionLimits {
+                header_read_timeout: self
+                    .header_read_timeout
+                    .unwrap_or(d.limits.header_read_timeout),
+                max_connections: self.max_connections.unwrap_or(d.limits.max_connections),
+                max_header_bytes: self.max_header_bytes.unwrap_or(d.limits.max_header_bytes),
+                max_uri_bytes: self.max_uri_bytes.unwrap_or(d.limits.max_uri_bytes),
+                http2_max_streams: self.http2_max_streams.unwrap_or(d.limits.http2_max_streams),
+            },
+            broker_tls: BrokerTls {
+                ca_file: set(self.broker_ca_file),
+                server_name: set(self.broker_tls_server_name),
+                cert_file: set(self.broker_cert_file),
+                key_file: set(self.broker_key_file),
+                username_file: set(self.broker_username_file),
+                password_file: set(self.broker_password_file),
+            },
+            config_notices: self.file_notices,
         };
-        if broker_tls.cert_file.is_some() != broker_tls.key_file.is_some() {
-            return Err(ConfigError::invalid(
-                "broker-cert-file",
-                "a client certificate needs both --broker-cert-file and --broker-key-file",
-            ));
-        }
-        // The first TLS setting given names the error.
-        let tls_setting = [
-            ("broker-ca-file", broker_tls.ca_file.is_some()),
-            ("broker-cert-file", broker_tls.cert_file.is_some()),
-            ("broker-tls-server-name", broker_tls.server_name.is_some()),
-        ]
-        .into_iter()
-        .find_map(|(name, set)| set.then_some(name));
-        let amqps = matches!(&broker, BrokerUrl::Amqp(u) if u.expose().starts_with("amqps:"));
-        if let Some(name) = tls_setting
-            && !amqps
-        {
-            return Err(ConfigError::invalid(
-                name,
-                "TLS settings need an amqps:// --broker",
-            ));
-        }
-
-        Ok(Settings {
-            listen,
-            admin_listen,
-            broker,
-            exchange,
-            exchange_type,
-            subscription_expiry,
-            queue_prefix,
-            poll_timeout,
-            max_polls,
-            replay_ttl,
-            replay_capacity,
-            api_token,
-            channel_pool_size,
-            log_format,
-            public_url,
-            cors_origins,
-            drain_timeout,
-            memory,
-            limits,
-            broker_tls,
-            config_notices,
-        })
+        check_broker_tls(&settings.broker, &settings.broker_tls)?;
+        Ok(settings)
     }
 }
 
-fn parse_addr(name: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.trim().parse().map_err(|_| {
-        ConfigError::invalid(name, format!("{v:?} is not an address like 0.0.0.0:8080"))
-    })
+/// A value that may have been given empty to unset it.
+fn set<T>(value: Option<Clearable<T>>) -> Option<T> {
+    value.and_then(|v| v.0)
 }
 
-fn duration(name: &str, v: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
-    let Some(v) = v else { return Ok(default) };
-    let d = parse_duration(&v).map_err(|why| ConfigError::invalid(name, why))?;
-    if d.is_zero() {
-        return Err(ConfigError::invalid(name, "must be greater than 0"));
-    }
-    Ok(d)
-}
-
-fn count(name: &str, v: Option<String>, default: usize) -> Result<usize, ConfigError> {
-    let Some(v) = v else { return Ok(default) };
-    let n: usize = v
-        .trim()
-        .parse()
-        .map_err(|_| ConfigError::invalid(name, format!("{v:?} is not a whole number")))?;
-    if n == 0 {
-        return Err(ConfigError::invalid(name, "must be greater than 0"));
-    }
-    Ok(n)
-}
-
-/// A DNS name or an IP address, as rustls accepts it for SNI and verification.
-fn tls_server_name(name: &str) -> Result<String, ConfigError> {
-    rustls::pki_types::ServerName::try_from(name)
-        .map(|_| name.to_owned())
-        .map_err(|_| {
-            ConfigError::invalid(
-                "broker-tls-server-name",
-                format!("{name:?}: expected a DNS name or an IP address"),
-            )
-        })
-}
-
-fn validate_origin(origin: &str) -> Result<(), ConfigError> {
-    if origin == "*" {
-        return Ok(());
-    }
-    let url = Url::parse(origin)
-        .map_err(|e| ConfigError::invalid("cors-origin", format!("{origin:?}: {e}")))?;
-    let bare = url.path() == "/" && url.query().is_none() && !origin.ends_with('/');
-    if !matches!(url.scheme(), "http" | "https") || !bare {
+/// A client certificate comes with its key, and TLS settings need TLS.
+fn check_broker_tls(broker: &BrokerUrl, tls: &BrokerTls) -> Result<(), ConfigError> {
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
         return Err(ConfigError::invalid(
-            "cors-origin",
-            format!("{origin:?}: expected an origin like https://example.com"),
+            "broker-cert-file",
+            "a client certificate needs both --broker-cert-file and --broker-key-file",
+        ));
+    }
+    // The first TLS setting given names the error.
+    let tls_setting = [
+        ("broker-ca-file", tls.ca_file.is_some()),
+        ("broker-cert-file", tls.cert_file.is_some()),
+        ("broker-tls-server-name", tls.server_name.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(name, set)| set.then_some(name));
+    let amqps = matches!(broker, BrokerUrl::Amqp(u) if u.expose().starts_with("amqps:"));
+    if let Some(name) = tls_setting
+        && !amqps
+    {
+        return Err(ConfigError::invalid(
+            name,
+            "TLS settings need an amqps:// --broker",
         ));
     }
     Ok(())
 }
 
-/// Printable ASCII: the bytes txlongpoll accepted in a queue name.
-pub fn is_printable_ascii(s: &str) -> bool {
-    s.bytes().all(|b| (0x21..=0x7e).contains(&b))
-}
-
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
-    fn args(f: impl FnOnce(&mut ServeArgs)) -> ServeArgs {
-        let mut a = ServeArgs::default();
-        f(&mut a);
-        a
+    /// `serve`'s flags alone, without the files `cli::parse` adds.
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn serve(flags: &[&str]) -> Result<Settings, String> {
+        let argv = std::iter::once("serve").chain(flags.iter().copied());
+        let args = Serve::try_parse_from(argv).map_err(|e| {
+            match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<ConfigError>()) {
+                Some(config) => config.to_string(),
+                None => e.to_string(),
+            }
+        })?;
+        args.args.into_settings().map_err(|e| e.to_string())
+    }
+
+    fn flags() -> Vec<clap::Arg> {
+        ServeArgs::augment_args(clap::Command::new("serve"))
+            .get_arguments()
+            .cloned()
+            .collect()
     }
 
     #[test]
@@ -853,79 +356,165 @@ mod tests {
         assert_eq!(s.replay_ttl, Duration::from_secs(300));
         assert!(s.api_token.is_none());
         assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(format!("{s:?}"), format!("{:?}", Settings::default()));
     }
 
     #[test]
     fn zero_poll_timeout_is_refused_with_its_name() {
-        let err = args(|a| a.poll_timeout = Some("0".into()))
-            .into_settings()
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--poll-timeout"), "{err}");
-        assert!(err.contains("greater than 0"), "{err}");
-        assert!(!err.contains('\n'));
+        let err = serve(&["--poll-timeout", "0"]).unwrap_err();
+        assert_eq!(
+            err,
+            "invalid --poll-timeout (or LONGPOLL_POLL_TIMEOUT): must be greater than 0"
+        );
     }
 
     #[test]
     fn unparsable_broker_url_is_refused() {
         for bad in ["http://x", "amqp//nohost", "not a url", "amqp://"] {
-            let err = args(|a| a.broker = Some(bad.into())).into_settings();
+            let err = serve(&["--broker", bad]);
             assert!(err.is_err(), "{bad} was accepted");
-            assert!(err.unwrap_err().to_string().contains("--broker"));
+            assert!(
+                err.unwrap_err()
+                    .starts_with("invalid --broker (or LONGPOLL_BROKER): ")
+            );
         }
     }
 
     #[test]
-    fn broker_password_is_redacted_in_display_and_errors() {
-        let b = BrokerUrl::parse("amqp://user:s3cret@localhost:5672/%2f").unwrap();
-        assert!(!format!("{b} {b:?}").contains("s3cret"));
-        assert!(format!("{b}").contains("user:***@localhost"));
+    fn every_flag_has_the_variable_its_name_gives() {
+        for arg in flags() {
+            let flag = arg.get_long().unwrap();
+            let env = arg.get_env().and_then(|e| e.to_str());
+            match flag {
+                // A drop-in for one migration, named on the command line only.
+                "txlongpoll-config" => assert_eq!(env, None),
+                _ => assert_eq!(env, Some(env_name(flag).as_str()), "--{flag}"),
+            }
+        }
+        assert_eq!(env_name("cors-origin"), "LONGPOLL_CORS_ORIGINS");
+        assert_eq!(env_name("max-polls"), "LONGPOLL_MAX_POLLS");
     }
 
     #[test]
-    fn file_values_apply_below_flags() {
+    fn every_setting_flag_is_a_file_key() {
+        let keys = file_keys();
+        let settings = flags().len() - 2; // all but --config and --txlongpoll-config
+        assert_eq!(keys.len(), settings, "{keys:?}");
+        for key in keys {
+            FileValues::parse(&format!("{key} = \"x\""))
+                .unwrap_or_else(|e| panic!("--{key} is not a file key: {e}"));
+        }
+    }
+
+    /// A setting given alone, with a value other than its default, changes
+    /// the settings: it is wired from its flag through to [`Settings`].
+    #[test]
+    fn every_setting_reaches_the_settings() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gw.toml");
-        std::fs::write(
-            &path,
-            "poll-timeout = \"30s\"\nmax_polls = 7\nexchange = \"from-file\"\ncors-origin = [\"https://a.example\", \"https://b.example\"]\n",
-        )
-        .unwrap();
-        let s = args(|a| {
-            a.config = Some(path.clone());
-            a.exchange = Some("from-flag".into());
-        })
-        .into_settings()
-        .unwrap();
-        assert_eq!(s.poll_timeout, Duration::from_secs(30));
-        assert_eq!(s.max_polls, 7);
-        assert_eq!(s.exchange, "from-flag");
+        let [cert, key, other] = ["cert.pem", "key.pem", "other.pem"].map(|name| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "").unwrap();
+            path.to_str().unwrap().to_owned()
+        });
+        // TLS settings need an amqps broker, and a certificate its key.
+        let base: [(&str, &str); 3] = [
+            ("broker", "amqps://base.example/"),
+            ("broker-cert-file", &cert),
+            ("broker-key-file", &key),
+        ];
+        // The base, with `given` instead of the base's own value of that flag.
+        let argv = |given: Option<(&str, &str)>| -> Vec<String> {
+            let kept = base
+                .iter()
+                .copied()
+                .filter(|(flag, _)| given.is_none_or(|(g, _)| g != *flag));
+            kept.chain(given)
+                .flat_map(|(flag, value)| [format!("--{flag}"), value.to_owned()])
+                .collect()
+        };
+        let samples: &[(&str, &str)] = &[
+            ("listen", "127.0.0.1:1"),
+            ("admin-listen", "127.0.0.1:2"),
+            ("broker", "amqps://other.example/"),
+            ("exchange", "other"),
+            ("exchange-type", "direct"),
+            ("subscription-expiry", "1s"),
+            ("queue-prefix", "other."),
+            ("poll-timeout", "1s"),
+            ("max-polls", "1"),
+            ("replay-ttl", "1s"),
+            ("replay-capacity", "1"),
+            ("api-token", "12345678"),
+            ("channel-pool-size", "1"),
+            ("log-format", "json"),
+            ("public-url", "https://example.com/"),
+            ("cors-origin", "https://example.com"),
+            ("drain-timeout", "1s"),
+            ("memory-max-messages-per-queue", "1"),
+            ("memory-max-queues", "1"),
+            ("header-read-timeout", "1s"),
+            ("max-connections", "1"),
+            ("max-header-bytes", "9000"),
+            ("max-uri-bytes", "1"),
+            ("http2-max-streams", "1"),
+            ("broker-ca-file", &other),
+            ("broker-tls-server-name", "other.example"),
+            ("broker-cert-file", &other),
+            ("broker-key-file", &other),
+            ("broker-username-file", &other),
+            ("broker-password-file", &other),
+        ];
+        let mut sampled: Vec<String> = samples.iter().map(|(f, _)| (*f).to_owned()).collect();
+        let mut keys = file_keys();
+        sampled.sort();
+        keys.sort();
+        assert_eq!(sampled, keys, "a sample for each setting");
+
+        let settings = |argv: Vec<String>| {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            format!("{:?}", serve(&argv).unwrap())
+        };
+        let unchanged = settings(argv(None));
+        for &(flag, value) in samples {
+            let changed = settings(argv(Some((flag, value))));
+            assert_ne!(changed, unchanged, "--{flag} {value} changed nothing");
+        }
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_tls_needs_amqps() {
+        let err = serve(&["--broker", "amqps://h/", "--broker-cert-file", "/etc/hosts"]);
         assert_eq!(
-            s.cors_origins,
-            vec!["https://a.example", "https://b.example"]
+            err.unwrap_err(),
+            "invalid --broker-cert-file (or LONGPOLL_BROKER_CERT_FILE): a client certificate \
+             needs both --broker-cert-file and --broker-key-file"
+        );
+        let err = serve(&["--broker-tls-server-name", "h.example"]);
+        assert_eq!(
+            err.unwrap_err(),
+            "invalid --broker-tls-server-name (or LONGPOLL_BROKER_TLS_SERVER_NAME): TLS \
+             settings need an amqps:// --broker"
         );
     }
 
     #[test]
-    fn unknown_file_key_is_refused_by_name() {
-        let err = FileValues::parse("pol-timeout = \"3s\"").unwrap_err();
-        assert!(err.contains("pol-timeout"), "{err}");
-    }
-
-    #[test]
-    fn durations_accept_units_and_bare_seconds() {
-        assert_eq!(parse_duration("270s").unwrap(), Duration::from_secs(270));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("12").unwrap(), Duration::from_secs(12));
-        assert!(parse_duration("soon").is_err());
-    }
-
-    #[test]
-    fn cors_origins_must_be_origins() {
-        assert!(validate_origin("https://example.com").is_ok());
-        assert!(validate_origin("http://127.0.0.1:8000").is_ok());
-        assert!(validate_origin("https://example.com/path").is_err());
-        assert!(validate_origin("example.com").is_err());
+    fn every_refusal_is_one_line_naming_the_flag_and_its_variable() {
+        for (flag, bad) in [
+            ("listen", "8080"),
+            ("max-polls", "lots"),
+            ("channel-pool-size", "3000"),
+            ("exchange", ""),
+            ("queue-prefix", "with space"),
+            ("api-token", "short"),
+            ("public-url", "ftp://x"),
+            ("cors-origin", "example.com"),
+            ("broker-ca-file", "/nonexistent/ca.pem"),
+            ("broker-tls-server-name", "not a name"),
+        ] {
+            let err = serve(&[&format!("--{flag}"), bad]).unwrap_err();
+            let prefix = format!("invalid --{flag} (or {}): ", env_name(flag));
+            assert!(err.starts_with(&prefix), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 }

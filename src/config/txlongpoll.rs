@@ -6,8 +6,9 @@
 //! (`frontend.port` → `--listen`, `frontend.prefix` → `--queue-prefix`,
 //! `broker.*` → `--broker`) and txlongpoll's own defaults for what the file
 //! leaves out. Every other key is ignored with one notice each, logged once
-//! logging is up. Must not: know the gateway's other settings; it hands back
-//! values keyed by flag name, which `config` merges below the `--config` file.
+//! logging is up. Must not: know the gateway's other settings or judge a value;
+//! it hands back text keyed by flag name, which [`super::FileValues`] puts
+//! below the `--config` file's, and clap reads as it reads the flags.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -256,6 +257,16 @@ logfile: \"txlongpoll.log\"
         assert_eq!(broker.path(), "/%2F");
         // The URL is one the gateway accepts.
         assert!(super::super::BrokerUrl::parse(&c.values["broker"]).is_ok());
+    }
+
+    #[test]
+    fn every_value_is_keyed_by_a_flag_the_config_file_may_set() {
+        let c = TxlongpollConfig::parse(SAMPLE).unwrap();
+        let keys = super::super::file_keys();
+        assert_eq!(c.values.len(), 3);
+        for flag in c.values.keys() {
+            assert!(keys.contains(flag), "{flag} is not a flag");
+        }
     }
 
     #[test]
