@@ -73,6 +73,46 @@ async fn three_nodes_form_one_cluster_that_guest_reaches_through_each_node() {
     assert_eq!(cluster.node_of_queue(&queue).await, Some(0));
 }
 
+/// What two test processes starting clusters at the same moment do (a slot is an `flock`,
+/// which two opens in one process contend for just as two processes do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_started_at_once_get_their_own_nodes_and_ports_and_stay_apart() {
+    let (a, b) = tokio::join!(RabbitCluster::start(), RabbitCluster::start());
+    for n in 0..NODES {
+        for m in 0..NODES {
+            assert_ne!(a.node_name(n), b.node_name(m));
+            assert_ne!(a.amqp_addr(n), b.amqp_addr(m));
+        }
+    }
+    for cluster in [&a, &b] {
+        let peers = cluster
+            .ctl(0, &["eval", "lists:sort(nodes())."])
+            .await
+            .expect("eval nodes()");
+        let expected = format!("[{},{}]", cluster.node_name(1), cluster.node_name(2));
+        assert_eq!(peers.trim(), expected, "node 1's Erlang peers");
+    }
+    // A queue declared in one is not in the other.
+    let queue = unique("rmqc.apart");
+    declare_classic(&connect(&a.amqp_url(0)).await, &queue)
+        .await
+        .expect("declare");
+    let ch = connect(&b.amqp_url(0))
+        .await
+        .create_channel()
+        .await
+        .unwrap();
+    let passive_declare = ch
+        .queue_declare(queue.as_str().into(), passive(), FieldTable::default())
+        .await;
+    let e = passive_declare.expect_err("the other cluster has no such queue");
+    assert!(
+        matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
+            if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)),
+        "404 from the other cluster: {e}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_classic_queue_is_not_found_through_other_nodes_while_its_node_is_down_and_back_after() {
     let cluster = RabbitCluster::start().await;

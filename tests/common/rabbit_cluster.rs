@@ -44,9 +44,10 @@
 //! same time with `classic_config` peer discovery naming node 1 only, and join it during
 //! their boot, retrying every 500 ms (up to 4 minutes) until node 1 answers. Naming node 1
 //! only means nodes 2 and 3 can never form a cluster of their own. Measured on this 2-core
-//! machine under a load average of 12–19: all three booted and clustered in 19.7 s, against
+//! machine under a load average of 10–19: all three booted and clustered in 13–19 s, against
 //! ~35 s for three standalone nodes followed by `stop_app; join_cluster; start_app` on two
-//! of them (each `rabbitmqctl` run alone costs about a CPU-second; a node's boot about 6).
+//! of them (a node's boot costs about 6 CPU-seconds, each `rabbitmqctl` run about one, and
+//! 1–4 s of wall time on a loaded machine).
 //! A node that comes back after a kill or a stop has its own database and rejoins by itself.
 //!
 //! Every wait is on a condition (a port that accepts, `cluster_status` through a running
@@ -181,7 +182,8 @@ struct Node {
     process: Mutex<Option<Child>>,
 }
 
-/// A private three-node RabbitMQ cluster; see the module documentation.
+/// A private three-node RabbitMQ cluster; see the module documentation. Nodes are
+/// numbered 0, 1, 2 in this API; their names and directories say n1, n2, n3.
 pub struct RabbitCluster {
     ports: SlotPorts,
     home: PathBuf,
@@ -374,7 +376,8 @@ impl RabbitCluster {
     }
 
     /// Starts a node that was killed or stopped and waits until it runs and the cluster
-    /// counts it again.
+    /// counts it again. A node syncs its metadata from a running peer while it boots, so
+    /// after *every* node went down use [`Self::heal`], which starts them together.
     pub async fn start_node(&self, node: usize) {
         assert!(
             self.os_pid(node).is_none(),
@@ -383,7 +386,11 @@ impl RabbitCluster {
         );
         self.spawn_node(node).await;
         self.wait_accepting(node, BOOT_LIMIT).await;
-        self.wait_clustered().await;
+        let what = format!("{} counted as running again", self.nodes[node].name);
+        self.wait_view(BOOT_LIMIT, &what, Some(node), |v| {
+            v.running.contains(&node) && !v.under_maintenance.contains(&node)
+        })
+        .await;
     }
 
     /// Restarts every node in turn as the RabbitMQ Cluster Operator restarts its pods:
@@ -405,6 +412,7 @@ impl RabbitCluster {
             while_down(node).await;
             let phase = Instant::now();
             self.start_node(node).await;
+            self.wait_clustered().await;
             times.push(RestartTimes {
                 node,
                 prepare,
@@ -432,8 +440,9 @@ impl RabbitCluster {
             .await;
     }
 
-    /// Starts every node that is not running and waits until the cluster is whole: what a
-    /// test that killed nodes calls before handing the cluster on.
+    /// Starts every node whose process is gone and waits until the cluster is whole: what a
+    /// test that killed nodes calls before handing the cluster on. (A node left drained by
+    /// [`Self::prepare_stop`] without a restart stays drained.)
     pub async fn heal(&self) {
         for node in 0..NODES {
             if self.os_pid(node).is_none() {
