@@ -4,7 +4,7 @@
 //! is down; a stream outlives a SIGKILL of its leader's node and is read back from another
 //! node over AMQP 0-9-1; a rolling restart keeps the stream readable and the cluster whole.
 //!
-//! Each test starts its own cluster (about 20 s on this machine, see the module docs) and
+//! Each test starts its own cluster (11–21 s on this machine, see the module docs) and
 //! never touches the shared RabbitMQ on 127.0.0.1:5672. The figures each test prints
 //! (`figure: …`) show with `cargo nextest run --test rabbit_cluster --no-capture`.
 
@@ -221,6 +221,8 @@ async fn a_stream_keeps_what_was_published_before_its_leaders_node_is_killed() {
     )
     .await;
     assert_events(&read, &all);
+    // A timestamp offset (seconds) starts at the first message stored at or after it:
+    // nothing of the batch before the boundary comes first.
     let read = read_stream(&url, &stream, AMQPValue::Timestamp(boundary), after.len()).await;
     assert_events(&read, &after);
 
