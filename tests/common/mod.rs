@@ -1,6 +1,7 @@
 //! Shared test helpers: a `TestGateway` started on free ports with either broker,
-//! direct AMQP helpers for looking at RabbitMQ itself, a chaos TCP proxy, and a
-//! gateway run as a separate process.
+//! direct AMQP helpers for looking at RabbitMQ itself, a chaos TCP proxy, a
+//! gateway run as a separate process, and a private three-node RabbitMQ cluster
+//! to kill and restart.
 //!
 //! Every test owns its queues and event keys (named with a fresh UUID) and its
 //! ports (bound to port 0).
@@ -11,6 +12,7 @@ pub mod amqp;
 pub mod chaos;
 pub mod otlp;
 pub mod process;
+pub mod rabbit_cluster;
 
 use std::future::Future;
 use std::net::SocketAddr;
