@@ -1,11 +1,34 @@
-//! lp-load's command line: the flags of one load run. Owns the flags and their
-//! defaults; must not do anything with them.
+//! lp-load's command line: one load run (the flags below, no subcommand), or
+//! `lp-load compare` (the head-to-head comparison, `compare::CompareArgs`).
+//! Owns the flags and their defaults; must not do anything with them.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
+
+use crate::compare::CompareArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lp-load",
+    about = "Load generator for longpoll-gateway, nchan and raw AMQP baselines",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: Args,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The gateway against nginx + nchan and raw AMQP baselines, same scenario,
+    /// one run: the ratios against the performance targets (`make bench-compare`).
+    Compare(CompareArgs),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -51,10 +74,6 @@ pub enum PublishVia {
 }
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "lp-load",
-    about = "Load generator for longpoll-gateway, nchan and raw AMQP baselines"
-)]
 pub struct Args {
     /// What to drive.
     #[arg(long, value_enum, default_value_t = TargetKind::Gateway)]
@@ -172,5 +191,30 @@ impl Args {
         self.label
             .clone()
             .unwrap_or_else(|| self.target.name().to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_without_a_subcommand_are_one_run() {
+        let cli = Cli::try_parse_from(["lp-load", "--target", "raw-pipe", "--rate", "100"])
+            .expect("a run's flags parse");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.target, TargetKind::RawPipe);
+        assert_eq!(cli.run.rate, 100);
+    }
+
+    #[test]
+    fn compare_is_a_subcommand_that_takes_no_run_flags() {
+        let cli =
+            Cli::try_parse_from(["lp-load", "compare", "--rounds", "5"]).expect("compare parses");
+        let Some(Command::Compare(c)) = cli.command else {
+            panic!("not compare")
+        };
+        assert_eq!(c.rounds, 5);
+        assert!(Cli::try_parse_from(["lp-load", "--rate", "5", "compare"]).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! `lp-load`: a load generator for longpoll-gateway and the baselines it is
-//! compared with.
+//! compared with, and (`lp-load compare`) the comparison itself.
 //!
 //! One scenario, five targets (`--target`):
 //!
@@ -37,13 +37,16 @@
 //! lp-load --target raw-consume --subscribers 1000 --duration 20s
 //! lp-load --target raw-queues --subscribers 1000 --duration 20s --rate 5000
 //! lp-load --target nchan --hold-only --subscribers 19000 --duration 10s
+//! lp-load compare            # what `make bench-compare` runs
 //! ```
 //!
 //! Modules: `cli` (flags), `run` (one run's order and samples), `traffic`
 //! (events and publishers), `gateway`/`nchan`/`raw` (the targets), `http1` (the
-//! HTTP/1 client), `stats` (counters and `/proc`), `report` (the typed report).
+//! HTTP/1 client), `stats` (counters and `/proc`), `report` (the typed report),
+//! `compare` (the head-to-head comparison and its targets).
 
 mod cli;
+mod compare;
 mod gateway;
 mod http1;
 mod nchan;
@@ -58,14 +61,19 @@ use clap::Parser;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), BoxError> {
-    let args = cli::Args::parse();
-    let mut rt = if args.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if args.threads > 1 {
-        rt.worker_threads(args.threads);
+    let cli::Cli { command, run } = cli::Cli::parse();
+    match command {
+        Some(cli::Command::Compare(args)) => compare::main(args),
+        None => {
+            let mut rt = if run.threads == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+            };
+            if run.threads > 1 {
+                rt.worker_threads(run.threads);
+            }
+            rt.enable_all().build()?.block_on(run::run_once(run))
+        }
     }
-    rt.enable_all().build()?.block_on(run::run_once(args))
 }

@@ -64,6 +64,17 @@ pub enum EventPath {
     Amqp,
 }
 
+impl EventPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventPath::GatewayApi => "gateway management API",
+            EventPath::GatewayAmqp => "AMQP, straight to RabbitMQ",
+            EventPath::NchanPublisher => "nchan publisher location",
+            EventPath::Amqp => "AMQP",
+        }
+    }
+}
+
 /// Publish-to-response latency; none without deliveries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
@@ -174,11 +185,37 @@ pub struct Machine {
 }
 
 impl Report {
+    /// The server's CPU µs per delivery, plus the broker's when sampled: much
+    /// steadier than deliveries/s on a machine shared with other work.
+    pub fn server_cpu_per_delivery(&self) -> Option<f64> {
+        let broker = self.broker.as_ref().and_then(|b| b.cpu_us_per_delivery);
+        Some(self.server.cpu_us_per_delivery? + broker.unwrap_or(0.0))
+    }
+
+    /// Resident memory per held poll, its subscription included (PSS where
+    /// `/proc` gave it: nginx's shared pages counted once).
+    pub fn memory_per_held_poll(&self) -> Option<f64> {
+        self.server
+            .pss_per_subscriber_bytes
+            .or(self.server.rss_per_subscriber_bytes)
+    }
+
     /// Resident memory per held poll, the subscriptions made before the baseline.
     pub fn memory_per_poll_alone(&self) -> Option<f64> {
         self.server
             .pss_per_held_poll_bytes
             .or(self.server.rss_per_held_poll_bytes)
+    }
+
+    /// Whether the publishers kept up with the offered rate (within 5%).
+    pub fn sustained(&self) -> bool {
+        self.published_per_sec >= 0.95 * self.offered_rate as f64
+    }
+
+    /// CPU the rest of the machine used during the run, % of one core (0 when
+    /// unknown).
+    pub fn other_cpu(&self) -> f64 {
+        self.machine.other_cpu_percent.unwrap_or(0.0)
     }
 
     /// The column titles of [`Report::row`].
@@ -262,6 +299,10 @@ pub mod tests {
         assert!(r.latency_ms.p99.is_some_and(|p99| p99 > 0.0));
         let broker = r.broker.as_ref().expect("the broker was sampled");
         assert!(broker.cpu_us_per_delivery.is_some());
+        assert_eq!(
+            r.server_cpu_per_delivery(),
+            Some(r.server.cpu_us_per_delivery.unwrap() + broker.cpu_us_per_delivery.unwrap())
+        );
         // Written again, the same report reads back the same.
         let again: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(again, r);
@@ -303,6 +344,26 @@ pub mod tests {
         assert!(text.contains(r#""p99":null"#), "{text}");
         let back: Report = serde_json::from_str(&text).unwrap();
         assert_eq!(back.latency_ms.p99, None);
+    }
+
+    #[test]
+    fn memory_per_held_poll_prefers_pss() {
+        let mut r = sample_report();
+        r.server.pss_per_subscriber_bytes = Some(9_000.0);
+        r.server.rss_per_subscriber_bytes = Some(12_000.0);
+        assert_eq!(r.memory_per_held_poll(), Some(9_000.0));
+        r.server.pss_per_subscriber_bytes = None;
+        assert_eq!(r.memory_per_held_poll(), Some(12_000.0));
+    }
+
+    #[test]
+    fn a_steady_rate_is_sustained_within_five_percent() {
+        let mut r = sample_report();
+        r.offered_rate = 5_000;
+        r.published_per_sec = 4_760.0;
+        assert!(r.sustained());
+        r.published_per_sec = 4_740.0;
+        assert!(!r.sustained());
     }
 
     #[test]
