@@ -6,8 +6,10 @@
 //! headers and the body (`Content-Length` or chunked) on the caller's task; and
 //! hyper's `client::conn::http1`, whose connection runs on a task of its own.
 //! The generator shares two cores with the server it measures, so what it
-//! spends per request is taken from the server (benches/README.md, "lp-load's
-//! HTTP/1 client", has the figure that compares the two).
+//! spends per request is taken from the server: with hyper's client lp-load
+//! spent 1.22–1.61× the CPU per delivery of its own (six alternated rounds at
+//! full speed, `lp-load compare --plan clients`; benches/README.md), so its own
+//! stays the default and hyper's stays to measure that again.
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
