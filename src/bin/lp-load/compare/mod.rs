@@ -359,14 +359,23 @@ impl<'a> Bench<'a> {
     fn announce(&self, phase: Phase) {
         let a = self.args;
         let secs = humantime::format_duration(a.duration);
-        let rounds = a.rounds;
+        let rounds = if self
+            .plan
+            .steps
+            .iter()
+            .any(|s| s.phase() == phase && matches!(s, Step::HeadToHead { .. }))
+        {
+            format!(" (head-to-head: {} rounds)", a.rounds)
+        } else {
+            String::new()
+        };
         match phase {
             Phase::Full => say(format!(
-                "(a) full speed, {} subscribers, {secs} (head-to-head: {rounds} rounds)",
+                "(a) full speed, {} subscribers, {secs}{rounds}",
                 a.subscribers
             )),
             Phase::Steady => say(format!(
-                "(b) steady {}/s offered, {} subscribers, {secs} (head-to-head: {rounds} rounds)",
+                "(b) steady {}/s offered, {} subscribers, {secs}{rounds}",
                 a.steady_rate, a.subscribers
             )),
             Phase::Hold => say(format!(

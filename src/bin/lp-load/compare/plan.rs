@@ -317,8 +317,8 @@ pub const BENCH: &[Step] = &[
 /// `make load`: both brokers with events through the management API.
 pub const LOAD: &[Step] = &[
     Step::Once(RunId::new(Phase::Full, &GATEWAY_MEMORY)),
-    Step::Once(RunId::new(Phase::Steady, &GATEWAY_MEMORY)),
     Step::Once(RunId::new(Phase::Full, &GATEWAY_RABBITMQ_API)),
+    Step::Once(RunId::new(Phase::Steady, &GATEWAY_MEMORY)),
     Step::Once(RunId::new(Phase::Steady, &GATEWAY_RABBITMQ_API)),
 ];
 
@@ -398,6 +398,23 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_plan_runs_its_phases_in_order_each_once() {
+        for name in [PlanName::Bench, PlanName::Load, PlanName::Clients] {
+            let phases: Vec<Phase> = name.plan().steps.iter().map(Step::phase).collect();
+            let mut seen: Vec<Phase> = phases.clone();
+            seen.dedup();
+            let mut unique = seen.clone();
+            unique.sort_by_key(|p| p.name());
+            unique.dedup();
+            assert_eq!(
+                seen.len(),
+                unique.len(),
+                "{name:?}: a phase comes back: {phases:?}"
+            );
         }
     }
 
