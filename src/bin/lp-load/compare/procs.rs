@@ -51,9 +51,12 @@ impl Children {
     }
 }
 
-/// SIGTERM to one of our own children, by its pid.
+/// SIGTERM to one of our own children, by its pid (never 0: that would be
+/// our whole process group).
 pub fn terminate(pid: u32) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
+    if let Ok(pid) = libc::pid_t::try_from(pid)
+        && pid > 0
+    {
         // SAFETY: kill(2) with a pid we started; no memory is involved.
         unsafe {
             libc::kill(pid, libc::SIGTERM);
@@ -193,10 +196,14 @@ pub async fn lp_load(
         .stderr(std::fs::File::create(log)?)
         .kill_on_drop(true)
         .spawn()?;
-    let pid = child.id().unwrap_or_default();
-    children.add(pid);
+    let pid = child.id();
+    if let Some(pid) = pid {
+        children.add(pid);
+    }
     let status = child.wait().await;
-    children.remove(pid);
+    if let Some(pid) = pid {
+        children.remove(pid);
+    }
     let status = status?;
     if status.success() {
         return Ok(());
