@@ -69,13 +69,22 @@ cluster-test:
 	scripts/cluster-test
 
 load:
-	scripts/load-run
+	scripts/ensure-rabbitmq >/dev/null
+	$(CARGO) build --release --quiet --bin longpoll-gateway --bin lp-load
+	$(CARGO) run --release --quiet --bin lp-load -- compare --plan load \
+	    --duration 10s --steady-rate 2000 --out target/load
 
 bench:
 	$(CARGO) bench
 
+# lp-load compare starts and stops every server itself; only the packages are
+# installed here (scripts/ensure-*). Its knobs: lp-load compare --help (the
+# BENCH_* variables still work).
 bench-compare:
-	scripts/bench-compare
+	scripts/ensure-rabbitmq >/dev/null
+	scripts/ensure-nchan
+	$(CARGO) build --release --quiet --bin longpoll-gateway --bin lp-load
+	$(CARGO) run --release --quiet --bin lp-load -- compare
 
 image:
 	docker build -t longpoll-gateway:$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1) .

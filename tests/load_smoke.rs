@@ -1,7 +1,7 @@
 //! A smoke run of the load generator: a few subscribers for a second against
 //! a gateway, checking that it works and reports what it measured. No timing
-//! assertions — performance is measured by `scripts/load-run` and
-//! `scripts/bench-compare`, not by tests. The nchan and raw-AMQP targets get the
+//! assertions — performance is measured by `make load` and `make bench-compare`
+//! (`lp-load compare`), not by tests. The nchan and raw-AMQP targets get the
 //! same small run (nchan only where nginx + libnginx-mod-nchan are installed).
 
 mod common;
@@ -166,4 +166,98 @@ async fn lp_load_drives_raw_amqp_baselines_and_reports_json() {
     ])
     .await;
     assert_delivered_everything(&pipe);
+}
+
+/// `lp-load compare` (what `make bench-compare` runs) with every run made small:
+/// it starts and stops each server itself, leaves a report for every run of its
+/// plan, and judges every target from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lp_load_compare_runs_every_server_and_judges_every_target() {
+    assert!(
+        nchan_installed(),
+        "nginx + libnginx-mod-nchan are not installed: run scripts/ensure-nchan"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_lp-load"));
+    cmd.args(["compare", "--rounds", "1", "--attempts", "1"])
+        .args([
+            "--subscribers",
+            "3",
+            "--duration",
+            "1s",
+            "--steady-rate",
+            "30",
+        ])
+        .args(["--hold", "10", "--hold-time", "1s"])
+        .args(["--gateway-bin", env!("CARGO_BIN_EXE_longpoll-gateway")])
+        .arg("--out")
+        .arg(out.path())
+        .env("LONGPOLL_TEST_AMQP_URL", common::amqp_url())
+        .kill_on_drop(true);
+    let done = tokio::time::timeout(std::time::Duration::from_secs(200), cmd.output())
+        .await
+        .expect("lp-load compare finishes within 200 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+
+    let servers = [
+        "gateway-memory",
+        "gateway-rabbitmq",
+        "gateway-rabbitmq-api",
+        "nchan",
+        "raw-consume",
+        "raw-pipe",
+        "raw-queues",
+    ];
+    let runs: Vec<String> = servers
+        .iter()
+        .map(|s| format!("full-{s}"))
+        .chain(
+            [
+                "gateway-memory",
+                "nchan",
+                "gateway-rabbitmq",
+                "raw-pipe",
+                "raw-queues",
+            ]
+            .iter()
+            .map(|s| format!("steady-{s}")),
+        )
+        .chain(
+            ["gateway-memory", "gateway-rabbitmq", "nchan"]
+                .iter()
+                .map(|s| format!("hold-{s}")),
+        )
+        .collect();
+    for run in &runs {
+        let path = out.path().join(format!("{run}.json"));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{run}: {e}\n{stderr}"));
+        let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // A head-to-head's run is its median round (`full-nchan.round2`).
+        assert!(
+            report["label"].as_str().unwrap().starts_with(run.as_str()),
+            "{report}"
+        );
+        if run.starts_with("hold-") {
+            assert_eq!(report["all_polls_held"], true, "{report}");
+        } else {
+            // Not everything: with 3 subscribers at full speed, nchan drops what
+            // falls out of a channel's buffer.
+            assert!(report["delivered"].as_u64().unwrap() > 0, "{report}");
+        }
+    }
+    let summary = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(!summary.contains("(no report)"), "{summary}");
+    // One verdict line per target, each with a measured ratio.
+    let verdicts: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("   target "))
+        .collect();
+    assert_eq!(verdicts.len(), 12, "{stdout}");
+    for line in verdicts {
+        assert!(line.contains('×') && !line.contains("n/a"), "{line}");
+    }
 }

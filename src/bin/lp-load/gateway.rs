@@ -5,14 +5,18 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
+use http::Method;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+use crate::BoxError;
+use crate::cli::{Args, PublishVia};
 use crate::http1::{Conn, Endpoint};
 use crate::raw::AmqpPublishers;
 use crate::stats::{Counters, now_us};
-use crate::{Args, Backoff, BoxError, Ctx, HttpPublisher, PublishPlan, PublishVia, publish_loop};
+use crate::traffic::{Backoff, Ctx, HttpPublisher, PublishPlan, publish_loop};
 
 pub struct Gateway {
     client: reqwest::Client,
@@ -94,7 +98,7 @@ impl Gateway {
         self.keys
             .iter()
             .map(|key| {
-                let conn = Conn::new(self.poll.clone(), ctx.gate.clone());
+                let conn = ctx.conn(self.poll.clone());
                 tokio::spawn(subscriber(conn, key.clone(), ctx.clone()))
             })
             .collect()
@@ -125,12 +129,14 @@ impl Gateway {
         if let Some(amqp) = &self.amqp {
             return amqp.spawn(ctx, plan);
         }
+        let conn = ctx.conn(self.api.clone());
+        let headers = conn.headers(&[
+            ("Authorization", &format!("Bearer {}", self.token)),
+            ("Content-Type", "application/json"),
+        ]);
         let p = HttpPublisher {
-            conn: Conn::new(self.api.clone(), ctx.gate.clone()),
-            headers: format!(
-                "Authorization: Bearer {}\r\nContent-Type: application/json\r\n",
-                self.token
-            ),
+            conn,
+            headers,
             path: format!("{}api/v1/events/", self.api.path),
             with_event_key: false,
             ctx: ctx.clone(),
@@ -207,6 +213,7 @@ async fn subscriber(mut conn: Conn, key: String, ctx: Arc<Ctx>) {
     let mut seen_order: VecDeque<String> = VecDeque::new();
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let path = conn.endpoint().path.clone();
+    let no_headers = conn.headers(&[]);
     while !ctx.stopped() {
         // Proof of receipt: the last ids shown, so that an answer lost in flight
         // is requeued by whichever replica the retry reaches.
@@ -215,7 +222,10 @@ async fn subscriber(mut conn: Conn, key: String, ctx: Arc<Ctx>) {
             target.push_str(if i == 0 { "&seen=" } else { "," });
             target.push_str(id);
         }
-        let response = match conn.send("GET", &target, "", b"").await {
+        let response = match conn
+            .send(Method::GET, &target, &no_headers, Bytes::new())
+            .await
+        {
             Ok(r) => r,
             Err(_) => {
                 Counters::inc(&c.network_errors);

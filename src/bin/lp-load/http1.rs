@@ -1,17 +1,30 @@
-//! A minimal HTTP/1.1 keep-alive client: one connection, one request at a time.
+//! The HTTP/1.1 keep-alive connection each subscriber and publisher owns (as a
+//! browser tab holding a long-poll does): one request at a time.
 //!
-//! Each subscriber and each publisher owns one connection, as a browser tab
-//! holding a long-poll does. The generator shares two cores with the server it
-//! measures, so it does no more per request than writing the request line and
-//! reading the status, a few headers and the body (`Content-Length` or chunked).
+//! Two clients behind one type (`--client`): lp-load's own, which does no more
+//! per request than writing the request line and reading the status, a few
+//! headers and the body (`Content-Length` or chunked) on the caller's task; and
+//! hyper's `client::conn::http1`, whose connection runs on a task of its own.
+//! The generator shares two cores with the server it measures, so what it
+//! spends per request is taken from the server: with hyper's client lp-load
+//! spent 1.22–1.61× the CPU per delivery of its own (six alternated rounds at
+//! full speed, `lp-load compare --plan clients`; benches/README.md), so its own
+//! stays the default and hyper's stays to measure that again.
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+
+use crate::cli::ClientKind;
 
 /// Where requests go: the socket address and the `Host` header.
 #[derive(Debug, Clone)]
@@ -48,32 +61,58 @@ impl Endpoint {
     }
 }
 
+/// Request header lines in the form the connection's client sends them
+/// (made by [`Conn::headers`], once per set, not per request).
+pub enum Headers {
+    /// Full lines, each ending in "\r\n".
+    Lines(String),
+    Map(HeaderMap),
+}
+
 pub struct Response {
     pub status: u16,
-    head: Vec<u8>,
-    pub body: Vec<u8>,
+    head: Head,
+    pub body: Bytes,
+}
+
+enum Head {
+    /// The response head as read, status line included.
+    Raw(Vec<u8>),
+    Map(HeaderMap),
 }
 
 impl Response {
     /// A header's value (first occurrence, name compared case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let head = std::str::from_utf8(&self.head).ok()?;
-        head.split("\r\n").skip(1).find_map(|line| {
-            let (k, v) = line.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
+        match &self.head {
+            Head::Raw(head) => {
+                let head = std::str::from_utf8(head).ok()?;
+                head.split("\r\n").skip(1).find_map(|line| {
+                    let (k, v) = line.split_once(':')?;
+                    k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+                })
+            }
+            Head::Map(map) => map.get(name)?.to_str().ok(),
+        }
     }
 }
 
 /// One keep-alive connection, reopened after an error or a `Connection: close`.
 pub struct Conn {
     ep: Arc<Endpoint>,
-    stream: Option<TcpStream>,
-    rbuf: Vec<u8>,
-    wbuf: Vec<u8>,
     /// Limits how many connections are being opened at once (thousands of
     /// subscribers starting together would overflow the listen backlog).
     gate: Arc<Semaphore>,
+    client: Client,
+}
+
+enum Client {
+    Handwritten {
+        stream: Option<TcpStream>,
+        rbuf: Vec<u8>,
+        wbuf: Vec<u8>,
+    },
+    Hyper(Option<http1::SendRequest<Full<Bytes>>>),
 }
 
 fn bad(msg: &str) -> io::Error {
@@ -81,138 +120,234 @@ fn bad(msg: &str) -> io::Error {
 }
 
 impl Conn {
-    pub fn new(ep: Arc<Endpoint>, gate: Arc<Semaphore>) -> Conn {
-        Conn {
-            ep,
-            stream: None,
-            rbuf: Vec::with_capacity(4096),
-            wbuf: Vec::with_capacity(1024),
-            gate,
-        }
+    pub fn new(ep: Arc<Endpoint>, gate: Arc<Semaphore>, kind: ClientKind) -> Conn {
+        let client = match kind {
+            ClientKind::Handwritten => Client::Handwritten {
+                stream: None,
+                rbuf: Vec::with_capacity(4096),
+                wbuf: Vec::with_capacity(1024),
+            },
+            ClientKind::Hyper => Client::Hyper(None),
+        };
+        Conn { ep, gate, client }
     }
 
     pub fn endpoint(&self) -> &Endpoint {
         &self.ep
     }
 
+    /// `(name, value)` pairs as this connection's client sends them.
+    pub fn headers(&self, pairs: &[(&str, &str)]) -> Headers {
+        match self.client {
+            Client::Handwritten { .. } => {
+                Headers::Lines(pairs.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect())
+            }
+            Client::Hyper(_) => Headers::Map(
+                pairs
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            HeaderName::from_bytes(k.as_bytes()).ok()?,
+                            HeaderValue::from_str(v).ok()?,
+                        ))
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
     /// Sends one request and reads its answer. `target` is the request target
-    /// (path and query); `headers` are full lines, each ending in "\r\n".
+    /// (path and query).
     pub async fn send(
         &mut self,
-        method: &str,
+        method: Method,
         target: &str,
-        headers: &str,
-        body: &[u8],
+        headers: &Headers,
+        body: Bytes,
     ) -> io::Result<Response> {
-        let r = self.exchange(method, target, headers, body).await;
-        if r.is_err() {
-            self.stream = None;
-            self.rbuf.clear();
-        }
-        r
-    }
-
-    /// Opens the connection now (so that a held poll's socket exists).
-    pub async fn connect(&mut self) -> io::Result<()> {
-        if self.stream.is_none() {
-            let _permit = self.gate.acquire().await.map_err(io::Error::other)?;
-            let s = TcpStream::connect(self.ep.addr).await?;
-            s.set_nodelay(true)?;
-            self.stream = Some(s);
-            self.rbuf.clear();
-        }
-        Ok(())
-    }
-
-    async fn exchange(
-        &mut self,
-        method: &str,
-        target: &str,
-        headers: &str,
-        body: &[u8],
-    ) -> io::Result<Response> {
-        self.connect().await?;
-        self.wbuf.clear();
-        self.wbuf.extend_from_slice(method.as_bytes());
-        self.wbuf.push(b' ');
-        self.wbuf.extend_from_slice(target.as_bytes());
-        self.wbuf.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-        self.wbuf.extend_from_slice(self.ep.host.as_bytes());
-        self.wbuf.extend_from_slice(b"\r\n");
-        self.wbuf.extend_from_slice(headers.as_bytes());
-        if !body.is_empty() || method == "POST" || method == "PUT" {
-            self.wbuf
-                .extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-        }
-        self.wbuf.extend_from_slice(b"\r\n");
-        self.wbuf.extend_from_slice(body);
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(bad("not connected"));
-        };
-        stream.write_all(&self.wbuf).await?;
-
-        // The head.
-        let head_end = loop {
-            if let Some(i) = HEAD_END.find(&self.rbuf) {
-                break i + 4;
-            }
-            if self.rbuf.len() > 64 * 1024 {
-                return Err(bad("response head too large"));
-            }
-            read_more(stream, &mut self.rbuf).await?;
-        };
-        let head: Vec<u8> = self.rbuf.drain(..head_end).collect();
-        let text = std::str::from_utf8(&head).map_err(|_| bad("non-UTF-8 head"))?;
-        let mut lines = text.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("bad status line"))?;
-        let (mut length, mut chunked, mut close) = (None::<usize>, false, false);
-        for line in lines {
-            let Some((k, v)) = line.split_once(':') else {
-                continue;
-            };
-            let (k, v) = (k.trim(), v.trim());
-            if k.eq_ignore_ascii_case("content-length") {
-                length = Some(v.parse().map_err(|_| bad("bad content-length"))?);
-            } else if k.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = v.to_ascii_lowercase().contains("chunked");
-            } else if k.eq_ignore_ascii_case("connection") {
-                close = v.eq_ignore_ascii_case("close");
-            }
-        }
-
-        // The body.
-        let no_body = method == "HEAD" || status == 204 || status == 304 || status < 200;
-        let body = if no_body {
-            Vec::new()
-        } else if chunked {
-            read_chunked(stream, &mut self.rbuf).await?
-        } else if let Some(n) = length {
-            while self.rbuf.len() < n {
-                read_more(stream, &mut self.rbuf).await?;
-            }
-            self.rbuf.drain(..n).collect()
-        } else {
-            // Delimited by the end of the connection.
-            close = true;
-            loop {
-                match stream.read_buf(&mut self.rbuf).await {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => return Err(e),
+        match &mut self.client {
+            Client::Handwritten { stream, rbuf, wbuf } => {
+                let r = exchange(
+                    &self.ep, &self.gate, stream, rbuf, wbuf, &method, target, headers, &body,
+                )
+                .await;
+                if r.is_err() {
+                    *stream = None;
+                    rbuf.clear();
                 }
+                r
             }
-            std::mem::take(&mut self.rbuf)
-        };
-        if close {
-            self.stream = None;
-            self.rbuf.clear();
+            Client::Hyper(sender) => {
+                let r = hyper_exchange(&self.ep, &self.gate, sender, method, target, headers, body)
+                    .await;
+                if r.is_err() {
+                    *sender = None;
+                }
+                r
+            }
         }
-        Ok(Response { status, head, body })
     }
+}
+
+async fn open(ep: &Endpoint, gate: &Semaphore) -> io::Result<TcpStream> {
+    let _permit = gate.acquire().await.map_err(io::Error::other)?;
+    let s = TcpStream::connect(ep.addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// hyper's HTTP/1 client on one connection: its connection future runs on a
+/// task of its own, and requests reach it through `SendRequest`.
+async fn hyper_exchange(
+    ep: &Endpoint,
+    gate: &Semaphore,
+    sender: &mut Option<http1::SendRequest<Full<Bytes>>>,
+    method: Method,
+    target: &str,
+    headers: &Headers,
+    body: Bytes,
+) -> io::Result<Response> {
+    if sender.as_ref().is_none_or(|s| s.is_closed()) {
+        let stream = open(ep, gate).await?;
+        let (s, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        *sender = Some(s);
+    }
+    let Some(s) = sender.as_mut() else {
+        return Err(bad("not connected"));
+    };
+    s.ready().await.map_err(io::Error::other)?;
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(target)
+        .header(http::header::HOST, ep.host.as_str())
+        .body(Full::new(body))
+        .map_err(io::Error::other)?;
+    match headers {
+        Headers::Map(map) => request
+            .headers_mut()
+            .extend(map.iter().map(|(k, v)| (k.clone(), v.clone()))),
+        Headers::Lines(_) => return Err(bad("headers made for another client")),
+    }
+    let response = s.send_request(request).await.map_err(io::Error::other)?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+    Ok(Response {
+        status: parts.status.as_u16(),
+        head: Head::Map(parts.headers),
+        body,
+    })
+}
+
+/// lp-load's own HTTP/1 client: the request written and the answer read by
+/// the caller's task, on buffers kept with the connection.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    ep: &Endpoint,
+    gate: &Semaphore,
+    slot: &mut Option<TcpStream>,
+    rbuf: &mut Vec<u8>,
+    wbuf: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &Headers,
+    body: &[u8],
+) -> io::Result<Response> {
+    if slot.is_none() {
+        *slot = Some(open(ep, gate).await?);
+        rbuf.clear();
+    }
+    let Headers::Lines(headers) = headers else {
+        return Err(bad("headers made for another client"));
+    };
+    let method = method.as_str();
+    wbuf.clear();
+    wbuf.extend_from_slice(method.as_bytes());
+    wbuf.push(b' ');
+    wbuf.extend_from_slice(target.as_bytes());
+    wbuf.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    wbuf.extend_from_slice(ep.host.as_bytes());
+    wbuf.extend_from_slice(b"\r\n");
+    wbuf.extend_from_slice(headers.as_bytes());
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        wbuf.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    wbuf.extend_from_slice(b"\r\n");
+    wbuf.extend_from_slice(body);
+    let Some(stream) = slot.as_mut() else {
+        return Err(bad("not connected"));
+    };
+    stream.write_all(wbuf).await?;
+
+    // The head.
+    let head_end = loop {
+        if let Some(i) = HEAD_END.find(rbuf) {
+            break i + 4;
+        }
+        if rbuf.len() > 64 * 1024 {
+            return Err(bad("response head too large"));
+        }
+        read_more(stream, rbuf).await?;
+    };
+    let head: Vec<u8> = rbuf.drain(..head_end).collect();
+    let text = std::str::from_utf8(&head).map_err(|_| bad("non-UTF-8 head"))?;
+    let mut lines = text.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let (mut length, mut chunked, mut close) = (None::<usize>, false, false);
+    for line in lines {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("content-length") {
+            length = Some(v.parse().map_err(|_| bad("bad content-length"))?);
+        } else if k.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = v.to_ascii_lowercase().contains("chunked");
+        } else if k.eq_ignore_ascii_case("connection") {
+            close = v.eq_ignore_ascii_case("close");
+        }
+    }
+
+    // The body.
+    let no_body = method == "HEAD" || status == 204 || status == 304 || status < 200;
+    let body: Vec<u8> = if no_body {
+        Vec::new()
+    } else if chunked {
+        read_chunked(stream, rbuf).await?
+    } else if let Some(n) = length {
+        while rbuf.len() < n {
+            read_more(stream, rbuf).await?;
+        }
+        rbuf.drain(..n).collect()
+    } else {
+        // Delimited by the end of the connection.
+        close = true;
+        loop {
+            match stream.read_buf(rbuf).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        std::mem::take(rbuf)
+    };
+    if close {
+        *slot = None;
+        rbuf.clear();
+    }
+    Ok(Response {
+        status,
+        head: Head::Raw(head),
+        body: Bytes::from(body),
+    })
 }
 
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
@@ -269,16 +404,21 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
-    async fn serve_once(answer: &'static [u8]) -> Arc<Endpoint> {
+    /// A server that writes the next of `answers` for each request it reads.
+    async fn serve(answers: &'static [&'static [u8]]) -> Arc<Endpoint> {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
             let mut buf = vec![0u8; 4096];
-            loop {
-                let n = s.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    return;
+            for answer in answers {
+                let mut request = Vec::new();
+                while HEAD_END.find(&request).is_none() {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
                 }
                 s.write_all(answer).await.unwrap();
             }
@@ -287,17 +427,73 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reads_sized_and_chunked_bodies_on_one_connection() {
-        let ep = serve_once(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nEtag: 7\r\n\r\nhello\
-              HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-        )
-        .await;
-        let mut c = Conn::new(ep, Arc::new(Semaphore::new(1)));
-        let r = c.send("GET", "/", "", b"").await.unwrap();
-        assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
-        assert_eq!(r.header("etag"), Some("7"));
-        let r = c.send("GET", "/", "", b"").await.unwrap();
-        assert_eq!(&r.body[..], b"abcde");
+    async fn both_clients_read_sized_and_chunked_bodies_on_one_connection() {
+        for kind in [ClientKind::Handwritten, ClientKind::Hyper] {
+            let ep = serve(&[
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nEtag: 7\r\n\r\nhello",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            ])
+            .await;
+            let mut c = Conn::new(ep, Arc::new(Semaphore::new(1)), kind);
+            let none = c.headers(&[]);
+            let r = c.send(Method::GET, "/", &none, Bytes::new()).await.unwrap();
+            assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]), "{kind:?}");
+            assert_eq!(r.header("etag"), Some("7"), "{kind:?}");
+            let r = c.send(Method::GET, "/", &none, Bytes::new()).await.unwrap();
+            assert_eq!(&r.body[..], b"abcde", "{kind:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn both_clients_send_the_headers_and_body_given() {
+        for kind in [ClientKind::Handwritten, ClientKind::Hyper] {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let ep =
+                Arc::new(Endpoint::parse(&format!("http://{}/", l.local_addr().unwrap())).unwrap());
+            let server = tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                while !got.ends_with(b"{}") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+                    got.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                String::from_utf8(got).unwrap().to_ascii_lowercase()
+            });
+            let mut c = Conn::new(ep, Arc::new(Semaphore::new(1)), kind);
+            let headers = c.headers(&[
+                ("Authorization", "Bearer t"),
+                ("Content-Type", "application/json"),
+            ]);
+            let r = c
+                .send(
+                    Method::POST,
+                    "/api/v1/events/k",
+                    &headers,
+                    Bytes::from_static(b"{}"),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 202, "{kind:?}");
+            let request = server.await.unwrap();
+            assert!(
+                request.starts_with("post /api/v1/events/k http/1.1\r\n"),
+                "{kind:?}: {request}"
+            );
+            for line in [
+                "authorization: bearer t\r\n",
+                "content-type: application/json\r\n",
+                "content-length: 2\r\n",
+            ] {
+                assert!(
+                    request.contains(line),
+                    "{kind:?}: {line:?} not in {request}"
+                );
+            }
+        }
     }
 }

@@ -14,12 +14,16 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::Method;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use crate::BoxError;
+use crate::cli::{Args, ClientKind};
 use crate::http1::{Conn, Endpoint};
 use crate::stats::{self, Counters, now_us};
-use crate::{Args, Backoff, BoxError, Ctx, HttpPublisher, PublishPlan, publish_loop};
+use crate::traffic::{Backoff, Ctx, HttpPublisher, PublishPlan, publish_loop};
 
 /// A private nginx with the nchan module.
 struct Nginx {
@@ -292,7 +296,7 @@ impl Nchan {
     pub fn spawn_subscribers(&self, ctx: &Arc<Ctx>) -> Vec<JoinHandle<()>> {
         (0..self.subscribers)
             .map(|i| {
-                let conn = Conn::new(self.ep.clone(), ctx.gate.clone());
+                let conn = ctx.conn(self.ep.clone());
                 let target = format!("{}sub?id={}", self.ep.path, ctx.event_key(i));
                 tokio::spawn(subscriber(conn, target, ctx.clone()))
             })
@@ -302,9 +306,15 @@ impl Nchan {
     /// `subscribers:` of nchan_stub_status.
     pub async fn held(&self) -> Option<usize> {
         // A fresh connection per look (held() is called rarely).
-        let mut conn = Conn::new(self.ep.clone(), Arc::new(tokio::sync::Semaphore::new(1)));
+        let mut conn = Conn::new(
+            self.ep.clone(),
+            Arc::new(tokio::sync::Semaphore::new(1)),
+            ClientKind::Handwritten,
+        );
+        let none = conn.headers(&[]);
+        let target = format!("{}nchan_status", self.ep.path);
         let r = conn
-            .send("GET", &format!("{}nchan_status", self.ep.path), "", b"")
+            .send(Method::GET, &target, &none, Bytes::new())
             .await
             .ok()?;
         let text = String::from_utf8_lossy(&r.body);
@@ -316,9 +326,14 @@ impl Nchan {
     }
 
     pub fn spawn_publisher(&self, ctx: &Arc<Ctx>, plan: PublishPlan) -> JoinHandle<()> {
+        let conn = ctx.conn(self.ep.clone());
+        let headers = conn.headers(&[
+            ("Content-Type", "application/json"),
+            ("Accept", "text/json"),
+        ]);
         let p = HttpPublisher {
-            conn: Conn::new(self.ep.clone(), ctx.gate.clone()),
-            headers: "Content-Type: application/json\r\nAccept: text/json\r\n".into(),
+            conn,
+            headers,
             path: format!("{}pub?id=", self.ep.path),
             with_event_key: true,
             ctx: ctx.clone(),
@@ -336,10 +351,11 @@ impl Nchan {
 /// One long-poll subscriber: next message by Last-Modified/Etag, until stopped.
 async fn subscriber(mut conn: Conn, target: String, ctx: Arc<Ctx>) {
     let c = &ctx.counters;
-    let mut cursor = String::new(); // the If-Modified-Since / If-None-Match lines
+    // The If-Modified-Since / If-None-Match of the next poll.
+    let mut cursor = conn.headers(&[]);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     while !ctx.stopped() {
-        let response = match conn.send("GET", &target, &cursor, b"").await {
+        let response = match conn.send(Method::GET, &target, &cursor, Bytes::new()).await {
             Ok(r) => r,
             Err(_) => {
                 Counters::inc(&c.network_errors);
@@ -354,7 +370,7 @@ async fn subscriber(mut conn: Conn, target: String, ctx: Arc<Ctx>) {
                 if let (Some(lm), Some(etag)) =
                     (response.header("last-modified"), response.header("etag"))
                 {
-                    cursor = format!("If-Modified-Since: {lm}\r\nIf-None-Match: {etag}\r\n");
+                    cursor = conn.headers(&[("If-Modified-Since", lm), ("If-None-Match", etag)]);
                 }
                 Counters::inc(&c.delivered);
                 ctx.latencies.record(&response.body, received);

@@ -32,8 +32,10 @@ use lapin::{
 };
 use tokio::task::JoinHandle;
 
+use crate::BoxError;
+use crate::cli::{Args, TargetKind};
 use crate::stats::{self, Counters, now_us};
-use crate::{Args, BoxError, Ctx, Publish, PublishPlan, TargetKind, publish_loop};
+use crate::traffic::{Ctx, Publish, PublishPlan, publish_loop};
 
 pub struct Raw {
     url: String,

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use crate::report::Errors;
 
 /// Everything the subscribers and publishers count, by kind.
 #[derive(Default)]
@@ -37,20 +37,20 @@ impl Counters {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn errors_json(&self) -> Value {
+    pub fn errors(&self) -> Errors {
         let g = Self::get;
-        json!({
-            "publish": g(&self.publish_errors),
-            "408": g(&self.timeouts),
-            "409": g(&self.conflicts_409),
-            "404": g(&self.gone_404),
-            "503": g(&self.unavailable_503),
-            "network": g(&self.network_errors),
-            "other": g(&self.other_errors),
-            "amqp": g(&self.amqp_errors),
-            "duplicates_dropped": g(&self.duplicates),
-            "strays_requeued": g(&self.strays_requeued),
-        })
+        Errors {
+            publish: g(&self.publish_errors),
+            timeouts: g(&self.timeouts),
+            conflicts: g(&self.conflicts_409),
+            gone: g(&self.gone_404),
+            unavailable: g(&self.unavailable_503),
+            network: g(&self.network_errors),
+            other: g(&self.other_errors),
+            amqp: g(&self.amqp_errors),
+            duplicates_dropped: g(&self.duplicates),
+            strays_requeued: g(&self.strays_requeued),
+        }
     }
 }
 
@@ -104,13 +104,11 @@ pub fn sent_at(body: &[u8]) -> Option<u64> {
     any.then_some(n)
 }
 
-/// Milliseconds at quantile `p` of sorted microsecond samples.
-pub fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+/// Milliseconds at quantile `p` of sorted microsecond samples (none without samples).
+pub fn percentile(sorted: &[u32], p: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let i = (last as f64 * p).round() as usize;
+    Some(f64::from(sorted[i.min(last)]) / 1000.0)
 }
 
 /// Resident memory and CPU time of a set of processes, summed.
@@ -251,8 +249,9 @@ mod tests {
     #[test]
     fn percentiles_are_milliseconds() {
         let v = [1000, 2000, 3000, 4000];
-        assert_eq!(percentile(&v, 0.0), 1.0);
-        assert_eq!(percentile(&v, 1.0), 4.0);
-        assert!(percentile(&[], 0.5).is_nan());
+        assert_eq!(percentile(&v, 0.0), Some(1.0));
+        assert_eq!(percentile(&v, 0.5), Some(3.0));
+        assert_eq!(percentile(&v, 1.0), Some(4.0));
+        assert_eq!(percentile(&[], 0.5), None);
     }
 }
