@@ -1,5 +1,5 @@
 """Fixtures of the observability tests: the chart helpers (tests/chart), the tools, and one
-session-wide stack (two gateways, RabbitMQ behind a chaos proxy, our own Prometheus) that has
+run-wide stack (two gateways, RabbitMQ behind a chaos proxy, our own Prometheus) that has
 been under the scripted load of scenario.py when the tests query it.
 
 Run with `scripts/observability-test`, which installs Prometheus, builds the binaries and
