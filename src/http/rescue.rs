@@ -306,7 +306,7 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
-    /// The stack below answers what the query decided, and 200 "polled" for a poll.
+    /// The stack below answers what the query decided, and 409 for a poll.
     async fn answer_as_asked(ctx: PollContext) -> Result<PollOutcome, Infallible> {
         Ok(match ctx.asked {
             Asked::Answer(outcome) => outcome,

@@ -79,7 +79,7 @@ pub fn app(state: &AppState) -> impl HttpService {
         // request's fields as the polls' do.
         .layer(RequestSpanLayer::new(make_span))
         // A path no route can match skips the router: its two boxes per poll
-        // cost ~1 KB of heap per held poll (see `PollsOrRoutes`).
+        // cost ~0.9 KB per held poll (see `PollsOrRoutes`).
         .layer(PollsOrRoutesLayer::new(routes(state)))
         // The poll stack from here on. CORS first: a preflight is not a poll.
         .option_layer(cors_layer(&settings.cors_origins))
@@ -160,8 +160,10 @@ impl<P: HttpService> Layer<P> for PollsOrRoutesLayer {
 /// Through the router a poll's future is boxed twice (the fallback is a boxed
 /// service inside a boxed route) and the stack is cloned into a box of its own;
 /// here the stack is cloned out of an `Arc` and its future sits inline in the
-/// one hyper keeps per connection: ~1 KB less heap per held poll (0.3 KB
-/// resident). The stack is behind an `Arc` so that the service every
+/// one hyper keeps per connection: 0.8–1.0 KB less resident memory per held
+/// poll (10,000 held on the embedded broker, four alternated rounds against
+/// the same build routing every path: 8.26–8.41 KB against 9.08–9.36 KB).
+/// The stack is behind an `Arc` so that the service every
 /// connection clones stays small. Every route's path starts with one of
 /// [`ROUTED_PREFIXES`], so each request gets the answer the router alone would
 /// give it; the tests below ask the real router to make sure.
