@@ -144,6 +144,17 @@ pub async fn rabbitmqctl_list(prefix: &str) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// `rabbitmqctl list_queues name messages_unacknowledged consumers` for every
+/// queue whose name starts with `prefix`.
+pub async fn rabbitmqctl_unacked_and_consumers(prefix: &str) -> Vec<(String, u64, u64)> {
+    let columns = ["name", "messages_unacknowledged", "consumers"];
+    rabbitmqctl_rows("list_queues", &columns, prefix)
+        .await
+        .into_iter()
+        .filter_map(|row| Some((row[0].clone(), row[1].parse().ok()?, row[2].parse().ok()?)))
+        .collect()
+}
+
 /// `rabbitmqctl list_consumers queue_name channel_pid`: the channel (an
 /// Erlang process id) that carries each consumer, for queues starting with
 /// `prefix`.

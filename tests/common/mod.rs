@@ -290,8 +290,16 @@ impl TestGateway {
             }
             return Ok(());
         };
+        // A RabbitMQ consumer is kept for a while (10 s) after a delivery,
+        // waiting for the client's next poll, and takes the queue's next
+        // message meanwhile — an answer requeued at its replay TTL too — until
+        // it is cancelled and requeues it: wait that out.
+        let limit = match self.backend {
+            Backend::Memory => Duration::from_secs(5),
+            Backend::Rabbit => Duration::from_secs(15),
+        };
         eventually(
-            Duration::from_secs(10),
+            limit,
             "no message left unacked but those the gateway holds",
             || async { self.unacked_not_held(&owned).await },
         )
@@ -311,12 +319,12 @@ impl TestGateway {
     /// hold, as the broker counts them.
     async fn unacked_not_held(&self, queues: &[String]) -> Result<(), String> {
         let running = self.running();
-        let unacked: Vec<(String, u64)> = match self.backend {
+        let unacked: Vec<(String, u64, u64)> = match self.backend {
             Backend::Memory => {
                 let mut counts = Vec::new();
                 for queue in queues {
                     if let Ok(stats) = running.broker.queue_stats(queue).await {
-                        counts.push((queue.clone(), stats.unacked.unwrap_or(0)));
+                        counts.push((queue.clone(), stats.unacked.unwrap_or(0), 0));
                     }
                 }
                 counts
@@ -331,22 +339,21 @@ impl TestGateway {
                     // No message ever reached this gateway's polls.
                     return Ok(());
                 }
-                amqp::rabbitmqctl_list(&self.settings.queue_prefix)
+                amqp::rabbitmqctl_unacked_and_consumers(&self.settings.queue_prefix)
                     .await
                     .into_iter()
                     .filter(|(name, _, _)| queues.contains(name))
-                    .map(|(name, _, unacked)| (name, unacked))
                     .collect()
             }
         };
         let stray: Vec<_> = unacked
             .into_iter()
-            .filter(|(queue, n)| *n > 0 && !running.store.holds(queue))
+            .filter(|(queue, n, _)| *n > 0 && !running.store.holds(queue))
             .collect();
         if stray.is_empty() {
             Ok(())
         } else {
-            Err(format!("(queue, unacked) {stray:?}"))
+            Err(format!("(queue, unacked, consumers) {stray:?}"))
         }
     }
 }
