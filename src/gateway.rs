@@ -11,13 +11,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::api::ApiState;
 use crate::broker::{self, Broker, BrokerError};
 use crate::config::Settings;
 use crate::http::server::{self, ServerOptions};
 use crate::http::{self as gw_http, AppState};
 use crate::longpoll::SequenceStore;
-use crate::publish::Publisher;
 use crate::shutdown::{self, Shutdown};
 use crate::telemetry::Metrics;
 
@@ -41,6 +39,9 @@ pub struct RunningGateway {
     pub admin_addr: SocketAddr,
     pub broker: Arc<dyn Broker>,
     pub metrics: Arc<Metrics>,
+    /// The sequence store: the answers kept for replay, with their unacked
+    /// messages (tests check that nothing else is left unacked).
+    pub store: Arc<SequenceStore>,
     shutdown: Shutdown,
     stopped: JoinHandle<()>,
 }
@@ -92,23 +93,14 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         metrics.broker_connected.set(1);
     }
     let shutdown = Shutdown::new();
-    let store = Arc::new(SequenceStore::new(
-        settings.replay_ttl,
-        settings.replay_capacity,
+    let state = AppState::new(
+        settings.clone(),
+        broker.clone(),
         metrics.clone(),
-    ));
-    let state = AppState {
-        settings: settings.clone(),
-        broker: broker.clone(),
-        metrics: metrics.clone(),
-        shutdown: shutdown.clone(),
-        store: store.clone(),
-        api: ApiState {
-            publisher: Publisher::new(broker.clone(), settings.queue_prefix.clone()),
-            token: settings.api_token.clone(),
-            public_url: settings.public_url.as_ref().map(|u| u.to_string()),
-        },
-    };
+        shutdown.clone(),
+    );
+    let store = state.store.clone();
+    let state_store = store.clone();
     let options = ServerOptions {
         limits: settings.limits,
         drain_timeout: settings.drain_timeout,
@@ -168,6 +160,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         admin_addr,
         broker,
         metrics,
+        store: state_store,
         shutdown,
         stopped,
     })

@@ -2,7 +2,8 @@
 //!
 //! A txlongpoll-compatible gateway with a no-loss sequence contract, a
 //! management API, a Rust publishing API, and an embedded broker for single
-//! replicas. See the README for the tour and `CONTRACT.md` for the interface.
+//! replicas. See the README for the tour, `docs/protocol.md` for the HTTP API
+//! and the sequence rules, and `docs/architecture.md` for the path of a poll.
 
 pub mod api;
 pub mod broker;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::chaos::{ChaosProxy, rabbit_addr};
 use common::process::GatewayProcess;
-use common::{Backend, Poll, TestGateway, eventually, unique};
+use common::{Backend, Poll, TestGateway, eventually, is, saw, unique};
 use futures_util::StreamExt;
 use longpoll_gateway::config::BrokerUrl;
 use serde_json::json;
@@ -141,7 +141,7 @@ async fn a_held_poll_waits_through_a_lost_broker_connection_and_resumes() {
 
     proxy.cut();
     eventually(Duration::from_secs(20), "readyz 503", || async {
-        readyz(&gw).await == 503
+        is(readyz(&gw).await, 503)
     })
     .await;
     assert!(!held.is_finished(), "the poll keeps waiting");
@@ -236,7 +236,7 @@ async fn p8_a_redelivery_of_the_last_answered_message_is_acked_and_skipped() {
     // The channel holding A closes before the ack: RabbitMQ requeues A.
     proxy.cut();
     eventually(Duration::from_secs(20), "readyz 503", || async {
-        readyz(&gw).await == 503
+        is(readyz(&gw).await, 503)
     })
     .await;
     proxy.restore();
@@ -301,8 +301,20 @@ async fn a_thousand_held_polls_each_get_their_own_message_and_disconnects_lose_n
         Backend::Rabbit => {
             eventually(Duration::from_secs(30), "all messages ready", || async {
                 let listed = common::amqp::rabbitmqctl_list("longpoll.subscribe.").await;
-                keys.iter()
-                    .all(|k| listed.iter().any(|(n, r, u)| n == k && *r == 1 && *u == 0))
+                let not_ready: Vec<_> = listed
+                    .iter()
+                    .filter(|(n, r, u)| keys.contains(n) && (*r, *u) != (1, 0))
+                    .collect();
+                let missing = keys
+                    .iter()
+                    .filter(|k| !listed.iter().any(|(n, _, _)| n == *k));
+                saw(
+                    not_ready.is_empty() && missing.clone().count() == 0,
+                    format!(
+                        "(queue, ready, unacked) {not_ready:?}, not listed: {:?}",
+                        missing.collect::<Vec<_>>()
+                    ),
+                )
             })
             .await;
         }
@@ -332,7 +344,7 @@ async fn p5_a_client_gone_while_its_consumer_starts_leaves_no_consumer_behind() 
         eventually(
             Duration::from_secs(10),
             "no consumer left on the broker",
-            || async { common::amqp::ready_and_consumers(&conn, &key).await.1 == 0 },
+            || async { is(common::amqp::ready_and_consumers(&conn, &key).await.1, 0) },
         )
         .await;
     }

@@ -39,7 +39,12 @@ async fn api(
     let r = req.send().await.unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if let Some(key) = body["key"].as_str() {
+        // A subscription made: the gateway deletes it at the end.
+        gw.owns(key);
+    }
+    (status, body)
 }
 
 fn assert_error(status: u16, body: &Value, expected: u16) {

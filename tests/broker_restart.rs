@@ -38,8 +38,10 @@ async fn a_held_poll_survives_a_broker_restart_and_gets_the_message_published_af
     let _guard = RestartGuard;
     common::amqp::rabbitmqctl_ok(&["stop_app"]).await;
     eventually(Duration::from_secs(30), "readyz 503", || async {
-        matches!(gw.client.get(format!("{}/readyz", gw.admin)).send().await,
-            Ok(r) if r.status() == 503)
+        match gw.client.get(format!("{}/readyz", gw.admin)).send().await {
+            Ok(r) => common::is(r.status().as_u16(), 503),
+            Err(e) => Err(e.to_string()),
+        }
     })
     .await;
     assert!(

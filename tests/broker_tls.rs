@@ -234,7 +234,13 @@ async fn without_the_client_certificate_the_broker_refuses_and_the_password_stay
     eventually(
         Duration::from_secs(10),
         "a failed connection attempt",
-        || async { gw.logs().contains("cannot reach the broker") },
+        || async {
+            let logs = gw.logs();
+            common::saw(
+                logs.contains("cannot reach the broker"),
+                common::last_lines(&logs, 5),
+            )
+        },
     )
     .await;
     let ready = http

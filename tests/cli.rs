@@ -53,6 +53,7 @@ async fn subscribe_and_emit_through_the_broker_reach_a_poll() {
     assert_eq!(emitted["event_key"], event.as_str());
 
     let gw = TestGateway::start(Backend::Rabbit).await;
+    gw.owns(&key);
     let r = gw.poll(&key, 1).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["from"], "cli");
@@ -69,6 +70,7 @@ async fn subscribe_and_emit_through_a_gateway() {
         assert_eq!(code, 0, "{err}");
         let sub = parse(&out);
         let key = sub["key"].as_str().unwrap().to_owned();
+        gw.owns(&key);
         assert_eq!(sub["uri"], format!("{}/", gw.base));
         let (code, _, err) = run(
             &[

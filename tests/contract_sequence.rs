@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, Poll, TestGateway, eventually, unique};
+use common::{Backend, Poll, TestGateway, eventually, is, unique};
 use serde_json::json;
 
 both_brokers!(
@@ -37,7 +37,7 @@ async fn p1_a_delivered_message_stays_unacked_until_a_higher_sequence(backend: B
     eventually(
         Duration::from_secs(20),
         "the first message acked",
-        || async { gw.broker_counts(&key).await == (0, 0) },
+        || async { is(gw.broker_counts(&key).await, (0, 0)) },
     )
     .await;
     gw.emit(&event, json!({"n": 2})).await;
@@ -149,7 +149,7 @@ async fn p4_legacy_restart_below_the_held_answer_is_served_at_once_with_that_ans
     assert_eq!(gw.metric("longpoll_sequence_restarts_total").await, 1.0);
     assert_eq!(gw.metric("longpoll_replays_total").await, 0.0);
     eventually(Duration::from_secs(20), "A acked, B unacked", || async {
-        gw.broker_counts(&key).await == (0, 1)
+        is(gw.broker_counts(&key).await, (0, 1))
     })
     .await;
 }
@@ -163,7 +163,7 @@ async fn p4_legacy_restart_at_the_acked_last_sequence_waits_for_the_next_message
     // The next poll acks A; the page goes away while it is held.
     let held = spawn_poll(&gw, &key, 2);
     eventually(Duration::from_secs(20), "A acked", || async {
-        gw.broker_counts(&key).await == (0, 0)
+        is(gw.broker_counts(&key).await, (0, 0))
     })
     .await;
     gw.wait_poll_at_broker(&key).await;
@@ -194,7 +194,7 @@ async fn p5_a_client_gone_before_the_answer_leaves_its_messages_in_the_queue_in_
     let a = gw.emit(&event, json!({"n": "A"})).await;
     let b = gw.emit(&event, json!({"n": "B"})).await;
     eventually(Duration::from_secs(20), "both messages ready", || async {
-        gw.broker_counts(&key).await == (2, 0)
+        is(gw.broker_counts(&key).await, (2, 0))
     })
     .await;
     assert_eq!(gw.poll(&key, 1).await.message_id(), a);

@@ -84,7 +84,7 @@ async fn a_preflight_does_not_allow_other_headers_or_other_origins() {
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poll_answer_exposes_the_long_poll_headers_and_retry_after() {
     let gw = gateway().await;
     let event = unique("longpoll.event.cors");

@@ -165,7 +165,7 @@ async fn a_thousand_concurrent_polls_for_one_key_cost_one_held_poll_and_one_cons
     common::eventually(
         Duration::from_secs(10),
         "one consumer on the broker",
-        || async { common::amqp::ready_and_consumers(&conn, &key).await.1 == 1 },
+        || async { common::is(common::amqp::ready_and_consumers(&conn, &key).await.1, 1) },
     )
     .await;
     gw.emit(&event, json!({"n": 1})).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::otlp::{Received, ReceivedSpan, grpc_receiver, http_receiver};
 use common::process::{GatewayProcess, run};
-use common::{Backend, Poll, TOKEN, TestGateway, client, eventually, unique};
+use common::{Backend, Poll, TOKEN, TestGateway, client, eventually, saw, unique};
 use serde_json::{Value, json};
 
 fn random_hex(bytes: usize) -> String {
@@ -91,7 +91,14 @@ fn find<'a>(spans: &'a [ReceivedSpan], name: &str, trace_id: &str) -> Vec<&'a Re
 
 async fn wait_for_span(received: &Received, name: &str, trace_id: &str) {
     eventually(Duration::from_secs(20), name, || async {
-        !find(&received.spans(), name, trace_id).is_empty()
+        let spans = received.spans();
+        saw(
+            !find(&spans, name, trace_id).is_empty(),
+            format!(
+                "spans {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            ),
+        )
     })
     .await;
 }
@@ -217,7 +224,7 @@ async fn the_cli_publish_and_the_delivering_poll_share_one_trace() {
         "publish and poll spans in one trace",
         || async {
             let spans = received.spans();
-            spans
+            let joined = spans
                 .iter()
                 .filter(|s| s.name == "longpoll.publish" && s.service == "lp-cli")
                 .any(|p| {
@@ -226,7 +233,12 @@ async fn the_cli_publish_and_the_delivering_poll_share_one_trace() {
                             && s.trace_id == p.trace_id
                             && s.service == "lp-gw"
                     })
-                })
+                });
+            let seen: Vec<_> = spans
+                .iter()
+                .map(|s| (&s.service, &s.name, &s.trace_id))
+                .collect();
+            saw(joined, format!("(service, span, trace) {seen:?}"))
         },
     )
     .await;
@@ -406,7 +418,14 @@ async fn logs_carry_request_and_trace_ids_and_no_secret_reaches_logs_or_traces()
     gw.sigterm();
     assert_eq!(gw.wait(Duration::from_secs(15)).await.code(), Some(0));
     eventually(Duration::from_secs(20), "spans received", || async {
-        received.spans().iter().any(|s| s.name == "longpoll.poll")
+        let spans = received.spans();
+        saw(
+            spans.iter().any(|s| s.name == "longpoll.poll"),
+            format!(
+                "spans {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            ),
+        )
     })
     .await;
 

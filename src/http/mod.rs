@@ -1,5 +1,6 @@
-//! HTTP: the public and admin routers, the stack composition, the rescue of
-//! layer errors into contract answers, static assets and the accept loop.
+//! HTTP: the public and admin routers, the stack composition (`router::app`),
+//! the HTTP edge of the poll stack (`rescue`), static assets and the accept
+//! loop (`server`, `head`).
 //!
 //! Must not: contain business rules — those live in `longpoll`, `api`, `publish`.
 
@@ -21,6 +22,7 @@ use crate::api::ApiState;
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::longpoll::SequenceStore;
+use crate::publish::Publisher;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 
@@ -64,4 +66,34 @@ pub struct AppState {
     pub shutdown: Shutdown,
     pub store: Arc<SequenceStore>,
     pub api: ApiState,
+}
+
+impl AppState {
+    /// The state of a gateway on `broker`: an empty sequence store and the
+    /// management API's state, from the settings.
+    pub fn new(
+        settings: Arc<Settings>,
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        shutdown: Shutdown,
+    ) -> Self {
+        let store = Arc::new(SequenceStore::new(
+            settings.replay_ttl,
+            settings.replay_capacity,
+            metrics.clone(),
+        ));
+        let api = ApiState {
+            publisher: Publisher::new(broker.clone(), settings.queue_prefix.clone()),
+            token: settings.api_token.clone(),
+            public_url: settings.public_url.as_ref().map(|u| u.to_string()),
+        };
+        AppState {
+            settings,
+            broker,
+            metrics,
+            shutdown,
+            store,
+            api,
+        }
+    }
 }

@@ -146,7 +146,7 @@ mod tests {
     use super::*;
     use std::convert::Infallible;
     use std::sync::{Arc, Mutex};
-    use tower::ServiceExt;
+    use tower::{ServiceBuilder, ServiceExt};
 
     /// The names of the spans that were current while the service ran.
     #[derive(Clone, Default)]
@@ -175,10 +175,11 @@ mod tests {
                 Ok::<_, Infallible>(Response::new(()))
             }
         });
-        let service = RequestSpanLayer::new(|_: &Request<()>| {
-            RequestScope::Span(tracing::info_span!("request"))
-        })
-        .layer(inner);
+        let service = ServiceBuilder::new()
+            .layer(RequestSpanLayer::new(|_: &Request<()>| {
+                RequestScope::Span(tracing::info_span!("request"))
+            }))
+            .service(inner);
         let response = service.oneshot(Request::new(())).await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(*seen.0.lock().unwrap(), [Some("request"), Some("request")]);
@@ -199,15 +200,16 @@ mod tests {
                 Ok::<_, Infallible>(Response::new(()))
             }
         });
-        let service = RequestSpanLayer::new(|_: &Request<()>| {
-            RequestScope::Fields(Box::new(RequestFields {
-                method: http::Method::GET,
-                path: "/".into(),
-                request_id: Some(http::HeaderValue::from_static("r-9")),
-                trace_id: [b'0'; 32],
+        let service = ServiceBuilder::new()
+            .layer(RequestSpanLayer::new(|_: &Request<()>| {
+                RequestScope::Fields(Box::new(RequestFields {
+                    method: http::Method::GET,
+                    path: "/".into(),
+                    request_id: Some(http::HeaderValue::from_static("r-9")),
+                    trace_id: [b'0'; 32],
+                }))
             }))
-        })
-        .layer(inner);
+            .service(inner);
         let response = service.oneshot(Request::new(())).await.unwrap();
         assert_eq!(response.status(), 200);
         let expected = Some("r-9".to_owned());

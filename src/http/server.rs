@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use futures_util::future::Either;
-use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -72,17 +71,27 @@ impl Default for ServerOptions {
     }
 }
 
-/// The router as hyper calls it. In `call`, while hyper waits, and before
+/// The router as hyper calls it: the edge between a connection and the stack
+/// `http::router::app` composes. In `call`, while hyper waits, and before
 /// anything routes the request: a head over the limits is answered 414/431,
-/// and the header values are detached from hyper's buffer — not when the router's future
-/// is first polled: by then hyper has read on (see [`super::head`]).
+/// and the header values are detached from hyper's buffer — not when the
+/// router's future is first polled: by then hyper has read on (see
+/// [`super::head`]). That is why this is a hyper service and not a Tower layer
+/// of the stack: hyper-util's Tower adapter calls the service only when its
+/// future is first polled.
 #[derive(Clone)]
 struct HeadDetachingService<S> {
     router: S,
     limits: ConnectionLimits,
 }
 
-impl<S: HttpService> hyper::service::Service<http::Request<Incoming>> for HeadDetachingService<S> {
+/// `B` is hyper's `Incoming` when serving; any body in tests.
+impl<S, B> hyper::service::Service<http::Request<B>> for HeadDetachingService<S>
+where
+    S: HttpService,
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     type Response = axum::response::Response;
     type Error = Infallible;
     type Future = Either<
@@ -90,7 +99,7 @@ impl<S: HttpService> hyper::service::Service<http::Request<Incoming>> for HeadDe
         Oneshot<S, http::Request<Body>>,
     >;
 
-    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+    fn call(&self, req: http::Request<B>) -> Self::Future {
         if let Some(status) = over_limits(&req, &self.limits) {
             return Either::Left(std::future::ready(Ok(refusal(status))));
         }
@@ -248,5 +257,101 @@ pub async fn serve(
         _ = tokio::time::sleep(options.drain_timeout) => {
             tracing::warn!("drain timeout reached with connections still open");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http::{HeaderValue, Request, Uri};
+    use hyper::service::Service as _;
+
+    fn limits() -> ConnectionLimits {
+        ConnectionLimits {
+            max_uri_bytes: 64,
+            max_header_bytes: 256,
+            ..Settings::default().limits
+        }
+    }
+
+    /// A router that counts its calls and answers 200 with the request's
+    /// `host` header.
+    fn counting_router(calls: &Arc<AtomicUsize>) -> impl HttpService {
+        let calls = calls.clone();
+        tower::service_fn(move |req: http::Request<Body>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let host = req.headers().get("host").cloned();
+            async move {
+                let mut response = axum::response::Response::new(Body::empty());
+                if let Some(host) = host {
+                    response.headers_mut().insert("host", host);
+                }
+                Ok::<_, Infallible>(response)
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_limits_is_refused_before_anything_routes_it() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = HeadDetachingService {
+            router: counting_router(&calls),
+            limits: limits(),
+        };
+        let long_uri = format!("/?uuid={}", "k".repeat(80));
+        let response = service
+            .call(Request::get(long_uri).body(String::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 414);
+        let mut big = Request::get("/").body(String::new()).unwrap();
+        big.headers_mut().insert(
+            "x-padding",
+            HeaderValue::from_str(&"p".repeat(300)).unwrap(),
+        );
+        let response = service.call(big).await.unwrap();
+        assert_eq!(response.status(), 431);
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "the router never saw them");
+    }
+
+    #[tokio::test]
+    async fn the_router_gets_the_request_with_its_header_values_out_of_the_read_buffer() {
+        // The head as hyper hands it over: URI and header values are slices
+        // of the connection's read buffer.
+        let wire = Bytes::from_static(
+            b"GET /?uuid=longpoll.subscribe.k&sequence=1 HTTP/1.1\r\nhost: gw.example\r\n\r\n",
+        );
+        let text = std::str::from_utf8(&wire).unwrap();
+        let slice = |s: &str| {
+            let at = text.find(s).unwrap();
+            wire.slice(at..at + s.len())
+        };
+        let mut req = Request::new(String::new());
+        *req.uri_mut() =
+            Uri::from_maybe_shared(slice("/?uuid=longpoll.subscribe.k&sequence=1")).unwrap();
+        req.headers_mut().insert(
+            "host",
+            HeaderValue::from_maybe_shared(slice("gw.example")).unwrap(),
+        );
+        let in_wire = |p: *const u8| wire.as_ptr_range().contains(&p);
+        assert!(in_wire(req.headers()["host"].as_bytes().as_ptr()));
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let saw = seen.clone();
+        let service = HeadDetachingService {
+            router: tower::service_fn(move |req: http::Request<Body>| {
+                *saw.lock().unwrap() = Some(req.headers()["host"].clone());
+                async { Ok::<_, Infallible>(axum::response::Response::new(Body::empty())) }
+            }),
+            limits: limits(),
+        };
+        let response = service.call(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let host = seen.lock().unwrap().take().expect("routed");
+        assert_eq!(host, "gw.example");
+        assert!(!in_wire(host.as_bytes().as_ptr()), "a copy of its own");
     }
 }

@@ -1,113 +1,77 @@
-//! The poll handler: parse → [`PollRequest`] → wait on the broker → [`PollOutcome`].
+//! The poll handler: the innermost service of the poll stack, from a
+//! [`PollContext`] to a [`PollOutcome`] — wait on the broker for the poll's
+//! message.
 //!
 //! Owns: the txlongpoll conventions applied to each message (`error` → 400,
-//! `original-uuid` equal to the polling uuid → skipped) and contract point 8
-//! (a redelivery of the message last answered for this uuid is acked and skipped).
-//! Must not: speak AMQP, or keep state between polls (the sequence layer does).
+//! `original-uuid` equal to the polling uuid → skipped) and rule 8 of the
+//! sequence contract (docs/protocol.md): a redelivery of the message last
+//! answered for this uuid is acked and skipped.
+//! Must not: speak AMQP, parse the query (the stack's edge did, once), or keep
+//! state between polls (the sequence layer does).
 
 use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
-use axum::body::Body;
-use axum::response::{IntoResponse, Response};
-use http::Request;
 use memchr::memmem::Finder;
 use tracing::Instrument;
 
+use super::context::{Asked, PollContext};
 use super::outcome::{Answer, DeliveredAnswer, PollOutcome};
-use super::request::{PollQuery, PollRequest, QueueRules, SeenIds, parse_query};
+use super::request::PollRequest;
 use crate::broker::{Broker, BrokerErrorKind, Delivery};
 use crate::shutdown::Shutdown;
 use crate::telemetry::traces::PollTrace;
 use crate::telemetry::{Metrics, key_hash};
 
-/// What the client is known to have, put in the request's extensions by the
-/// sequence layer: its `seen` list when it sent one, and the message id last
-/// answered for the uuid on this replica.
-#[derive(Debug, Clone, Default)]
-pub struct KnownToClient {
-    pub seen: Option<SeenIds>,
-    pub last_answered: Option<Arc<str>>,
-}
-
-impl KnownToClient {
-    /// Should this delivery be acked and skipped rather than shown? A client
-    /// that lists the message id has it (a redelivery); without a list, a
-    /// redelivery of the last answered message is one (contract point 8).
-    pub fn has(&self, message_id: &str, redelivered: bool) -> bool {
-        match &self.seen {
-            Some(ids) => ids.contains(message_id),
-            None => redelivered && self.last_answered.as_deref() == Some(message_id),
-        }
-    }
-}
-
-/// What the handler needs, shared by every poll.
+/// What the handler needs, shared by every poll (one `Arc` cloned per poll,
+/// not each of its parts).
 #[derive(Clone)]
-pub struct PollContext {
+pub struct PollHandler {
     pub broker: Arc<dyn Broker>,
-    pub rules: QueueRules,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
 }
 
-/// Handles one poll request.
-///
-/// Everything that needs the request is done before the wait, and the wait
-/// does not hold it: a held poll keeps neither its request nor its head.
-pub fn handle_poll(
-    ctx: Arc<PollContext>,
-    mut req: Request<Body>,
-) -> impl Future<Output = Response> + Send + 'static {
-    use futures_util::future::Either;
-    let ready = |outcome: PollOutcome| Either::Left(std::future::ready(outcome.into_response()));
-    // The sequence layer has parsed the query already (its `seen` list went
-    // into `KnownToClient`); a request that did not pass through it is parsed here.
-    let request = match req.extensions_mut().remove::<PollRequest>() {
-        Some(parsed) => Ok(PollQuery::Poll(parsed)),
-        None => parse_query(req.uri().query()),
-    };
-    let request = match request {
-        Ok(PollQuery::Probe) => {
-            return ready(PollOutcome::Probe {
-                prefix: ctx.rules.prefix().to_owned(),
-            });
+impl PollHandler {
+    /// Handles one poll: an answer the query decided is returned as it is; a
+    /// poll waits for its queue's next message (or the drain).
+    ///
+    /// The context is taken apart before the wait: a held poll's future keeps
+    /// the request's fields it needs, not the context.
+    pub fn handle(
+        self: Arc<Self>,
+        ctx: PollContext,
+    ) -> impl Future<Output = PollOutcome> + Send + 'static {
+        use futures_util::future::Either;
+        let PollContext {
+            asked,
+            last_answered,
+            trace,
+        } = ctx;
+        let request = match asked {
+            Asked::Poll(request) => request,
+            Asked::Answer(outcome) => return Either::Left(std::future::ready(outcome)),
+        };
+        if self.shutdown.is_draining() {
+            return Either::Left(std::future::ready(PollOutcome::Unavailable {
+                retry_after_secs: 0,
+            }));
         }
-        Err(rejection) => return ready(PollOutcome::Rejected(rejection)),
-        Ok(PollQuery::Poll(request)) => request,
-    };
-    if !ctx.rules.accepts(&request.uuid) {
-        return ready(PollOutcome::NotFound);
+        let span = tracing::debug_span!(
+            "poll.wait",
+            key_hash = %key_hash(&request.uuid),
+            sequence = request.sequence
+        );
+        Either::Right(
+            async move {
+                tokio::select! {
+                    outcome = self.wait_for_message(&request, last_answered, trace.as_ref()) => outcome,
+                    _ = self.shutdown.draining() => PollOutcome::Unavailable { retry_after_secs: 0 },
+                }
+            }
+            .instrument(span),
+        )
     }
-    if let Some(t) = req.extensions().get::<PollTrace>() {
-        t.poll(&request.uuid, request.sequence);
-    }
-    if ctx.shutdown.is_draining() {
-        return ready(PollOutcome::Unavailable {
-            retry_after_secs: 0,
-        });
-    }
-    let known = req
-        .extensions_mut()
-        .remove::<KnownToClient>()
-        .unwrap_or_default();
-    let trace = req.extensions().get::<PollTrace>().cloned();
-    drop(req);
-    let span = tracing::debug_span!(
-        "poll.wait",
-        key_hash = %key_hash(&request.uuid),
-        sequence = request.sequence
-    );
-    Either::Right(
-        async move {
-            let outcome = tokio::select! {
-                outcome = wait_for_message(&ctx, &request, known, trace.as_ref()) => outcome,
-                _ = ctx.shutdown.draining() => PollOutcome::Unavailable { retry_after_secs: 0 },
-            };
-            outcome.into_response()
-        }
-        .instrument(span),
-    )
 }
 
 /// What the body says about how to treat the message.
@@ -149,73 +113,79 @@ fn inspect_body(body: &[u8], uuid: &str) -> BodyFlags {
     }
 }
 
-async fn wait_for_message(
-    ctx: &PollContext,
-    request: &PollRequest,
-    known: KnownToClient,
-    trace: Option<&PollTrace>,
-) -> PollOutcome {
-    loop {
-        let consume_started = SystemTime::now();
-        let result = ctx.broker.next_message(&request.uuid).await;
-        if let Some(t) = trace {
-            let error = result.as_ref().err().map(|e| e.to_string());
-            t.step("longpoll.consume", consume_started, error.as_deref());
-        }
-        let delivery: Delivery = match result {
-            Ok(d) => d,
-            Err(e) if e.kind() == BrokerErrorKind::NotFound => return PollOutcome::NotFound,
-            Err(e) => {
-                tracing::warn!(error = %e, "poll failed on the broker");
-                return PollOutcome::Unavailable {
-                    retry_after_secs: 1,
-                };
+impl PollHandler {
+    async fn wait_for_message(
+        &self,
+        request: &PollRequest,
+        last_answered: Option<Arc<str>>,
+        trace: Option<&PollTrace>,
+    ) -> PollOutcome {
+        loop {
+            let consume_started = SystemTime::now();
+            let result = self.broker.next_message(&request.uuid).await;
+            if let Some(t) = trace {
+                let error = result.as_ref().err().map(|e| e.to_string());
+                t.step("longpoll.consume", consume_started, error.as_deref());
             }
-        };
-        let client_has_it = known.has(&delivery.message_id, delivery.redelivered);
-        let flags = inspect_body(&delivery.body, &request.uuid);
-        if client_has_it || flags.from_this_client {
-            tracing::debug!(
-                client_has_it,
-                original_uuid = flags.from_this_client,
-                "skipping a message"
-            );
-            ctx.metrics.messages_skipped.inc();
-            // Settled on the side: with it awaited here, every held poll's
-            // future would be sized for this rare path. A broker that has not
-            // seen the ack yet delivers nothing more (prefetch 1), and one that
-            // requeues it on a lost channel redelivers it, to be skipped again.
-            let acker = delivery.acker;
-            tokio::spawn(async move {
-                if let Err(e) = acker.ack().await {
-                    tracing::debug!(error = %e, "ack of a skipped message failed");
+            let delivery: Delivery = match result {
+                Ok(d) => d,
+                Err(e) if e.kind() == BrokerErrorKind::NotFound => return PollOutcome::NotFound,
+                Err(e) => {
+                    tracing::warn!(error = %e, "poll failed on the broker");
+                    return PollOutcome::Unavailable {
+                        retry_after_secs: 1,
+                    };
                 }
-            });
-            continue;
-        }
-        if let Some(t) = trace {
-            t.delivered(
+            };
+            let client_has_it = request.client_has(
+                last_answered.as_deref(),
                 &delivery.message_id,
                 delivery.redelivered,
-                &delivery.trace_headers,
-                delivery.acker.span_parent(),
             );
+            let flags = inspect_body(&delivery.body, &request.uuid);
+            if client_has_it || flags.from_this_client {
+                tracing::debug!(
+                    client_has_it,
+                    original_uuid = flags.from_this_client,
+                    "skipping a message"
+                );
+                self.metrics.messages_skipped.inc();
+                // Settled on the side: with it awaited here, every held poll's
+                // future would be sized for this rare path. A broker that has not
+                // seen the ack yet delivers nothing more (prefetch 1), and one that
+                // requeues it on a lost channel redelivers it, to be skipped again.
+                let acker = delivery.acker;
+                tokio::spawn(async move {
+                    if let Err(e) = acker.ack().await {
+                        tracing::debug!(error = %e, "ack of a skipped message failed");
+                    }
+                });
+                continue;
+            }
+            if let Some(t) = trace {
+                t.delivered(
+                    &delivery.message_id,
+                    delivery.redelivered,
+                    &delivery.trace_headers,
+                    delivery.acker.span_parent(),
+                );
+            }
+            self.metrics.messages_delivered.inc();
+            if let Some(published) = delivery.published_at
+                && let Ok(latency) = SystemTime::now().duration_since(published)
+            {
+                self.metrics
+                    .delivery_latency_seconds
+                    .observe(latency.as_secs_f64());
+            }
+            let answer = Arc::new(Answer {
+                sequence: request.sequence,
+                body: delivery.body,
+                message_id: delivery.message_id,
+                is_error: flags.is_error,
+            });
+            return PollOutcome::Message(DeliveredAnswer::new(answer, delivery.acker));
         }
-        ctx.metrics.messages_delivered.inc();
-        if let Some(published) = delivery.published_at
-            && let Ok(latency) = SystemTime::now().duration_since(published)
-        {
-            ctx.metrics
-                .delivery_latency_seconds
-                .observe(latency.as_secs_f64());
-        }
-        let answer = Arc::new(Answer {
-            sequence: request.sequence,
-            body: delivery.body,
-            message_id: delivery.message_id,
-            is_error: flags.is_error,
-        });
-        return PollOutcome::Message(DeliveredAnswer::new(answer, delivery.acker));
     }
 }
 

@@ -1,15 +1,19 @@
-//! The long-poll path: query parsing, the handler, the sequence layer, and the
-//! one mapping from [`PollOutcome`] to an HTTP response.
+//! The long-poll path: query parsing, the [`PollContext`] the poll stack's
+//! layers hand each other, the sequence layer, the handler, and the one
+//! mapping from [`PollOutcome`] to an HTTP response. The stack itself is
+//! composed in `http::router`; docs/architecture.md draws it.
 //!
 //! Must not: speak AMQP directly — everything broker-side goes through
 //! [`crate::broker::Broker`].
 
+pub mod context;
 pub mod handler;
 pub mod outcome;
 pub mod request;
 pub mod sequence;
 
-pub use handler::{PollContext, handle_poll};
-pub use outcome::{Answer, MESSAGE_ID_HEADER, PollOutcome, SEQUENCE_HEADER};
+pub use context::{Asked, PollContext};
+pub use handler::PollHandler;
+pub use outcome::{Answer, DeliveredAnswer, MESSAGE_ID_HEADER, PollOutcome, SEQUENCE_HEADER};
 pub use request::{PollQuery, PollRequest, QueryRejection, QueueRules, SeenIds, parse_query};
 pub use sequence::{SequenceDedupLayer, SequenceStore};

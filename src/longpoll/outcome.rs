@@ -1,8 +1,10 @@
 //! [`PollOutcome`] — every way a poll can end — and its one mapping to an HTTP
-//! response, shared by the handler, the sequence layer's replays and the rescue
-//! of timeouts and overload.
+//! response. The layers of the poll stack below its HTTP edge answer with a
+//! `PollOutcome` (the handler, the sequence layer's replays and 409s); the edge
+//! (`http::rescue`) adds its own for timeouts and overload and makes the one
+//! response.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -28,27 +30,27 @@ pub struct Answer {
     pub is_error: bool,
 }
 
-/// A message answer on its way out, with the handle that acks it. The sequence
-/// layer takes the handle and keeps it until the next sequence proves receipt;
-/// without the layer, the handle is dropped with the response and the message
-/// is requeued — nothing is lost either way.
-#[derive(Clone, Debug)]
+/// A message answer on its way up the poll stack, with the handle that acks
+/// it. The sequence layer takes the handle and keeps it until the next sequence
+/// proves receipt; a handle nobody took is dropped with the answer when the
+/// response is made, and the message is requeued — nothing is lost either way.
+#[derive(Debug)]
 pub struct DeliveredAnswer {
     pub answer: Arc<Answer>,
-    acker: Arc<Mutex<Option<Acker>>>,
+    acker: Option<Acker>,
 }
 
 impl DeliveredAnswer {
     pub fn new(answer: Arc<Answer>, acker: Acker) -> Self {
         DeliveredAnswer {
             answer,
-            acker: Arc::new(Mutex::new(Some(acker))),
+            acker: Some(acker),
         }
     }
 
     /// Takes the ack handle (once).
-    pub fn take_acker(&self) -> Option<Acker> {
-        self.acker.lock().unwrap_or_else(|e| e.into_inner()).take()
+    pub fn take_acker(&mut self) -> Option<Acker> {
+        self.acker.take()
     }
 }
 
@@ -128,11 +130,8 @@ impl IntoResponse for PollOutcome {
                 text(StatusCode::BAD_REQUEST, "Invalid sequence")
             }
             PollOutcome::NotFound => text(StatusCode::NOT_FOUND, "Not found"),
-            PollOutcome::Message(delivered) => {
-                let mut r = answer_response(&delivered.answer);
-                r.extensions_mut().insert(delivered);
-                r
-            }
+            // A handle still here (no sequence layer took it) requeues as it drops.
+            PollOutcome::Message(delivered) => answer_response(&delivered.answer),
             PollOutcome::Replay(answer) => answer_response(&answer),
             PollOutcome::Timeout => text(StatusCode::REQUEST_TIMEOUT, "Request timeout"),
             PollOutcome::Superseded => text(StatusCode::CONFLICT, "Superseded"),

@@ -308,10 +308,10 @@ struct PollTraceData {
     finished: bool,
 }
 
-/// Records what happens to one poll, for its span. Created by the outermost
-/// poll layer (only when tracing is enabled), carried in the request's
-/// extensions, filled by the sequence layer and the handler, and turned into
-/// spans when the poll ends.
+/// Records what happens to one poll, for its span. Created by the poll stack's
+/// HTTP edge (`http::rescue`, only when spans are exported), carried down in
+/// the poll's `PollContext`, filled by the sequence layer and the handler, and
+/// turned into spans by the edge when the poll ends.
 #[derive(Debug, Clone)]
 pub struct PollTrace {
     started: SystemTime,

@@ -74,6 +74,30 @@ pub async fn delete_queue(conn: &Connection, queue: &str) {
     }
 }
 
+/// Those of `queues` that exist (a passive declare each, on a channel of its
+/// own: a missing queue closes its channel).
+pub async fn existing(conn: &Connection, queues: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    for queue in queues {
+        let Ok(ch) = conn.create_channel().await else {
+            continue;
+        };
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        if ch
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .is_ok()
+        {
+            found.push(queue.clone());
+            let _ = ch.close(0, "done".into()).await;
+        }
+    }
+    found
+}
+
 /// Runs `rabbitmqctl`; returns whether it succeeded and its standard output.
 pub async fn rabbitmqctl(args: &[&str]) -> (bool, String) {
     match tokio::process::Command::new("rabbitmqctl")
@@ -113,6 +137,17 @@ async fn rabbitmqctl_rows(list: &str, columns: &[&str], prefix: &str) -> Vec<Vec
 /// every queue whose name starts with `prefix`.
 pub async fn rabbitmqctl_list(prefix: &str) -> Vec<(String, u64, u64)> {
     let columns = ["name", "messages_ready", "messages_unacknowledged"];
+    rabbitmqctl_rows("list_queues", &columns, prefix)
+        .await
+        .into_iter()
+        .filter_map(|row| Some((row[0].clone(), row[1].parse().ok()?, row[2].parse().ok()?)))
+        .collect()
+}
+
+/// `rabbitmqctl list_queues name messages_unacknowledged consumers` for every
+/// queue whose name starts with `prefix`.
+pub async fn rabbitmqctl_unacked_and_consumers(prefix: &str) -> Vec<(String, u64, u64)> {
+    let columns = ["name", "messages_unacknowledged", "consumers"];
     rabbitmqctl_rows("list_queues", &columns, prefix)
         .await
         .into_iter()

@@ -4,7 +4,9 @@
 //! to kill and restart.
 //!
 //! Every test owns its queues and event keys (named with a fresh UUID) and its
-//! ports (bound to port 0).
+//! ports (bound to port 0). A `TestGateway` deletes the subscriptions it made
+//! when it is dropped, after checking that none of their messages was left
+//! unacked on its account (see its `Drop`).
 
 #![allow(dead_code)]
 
@@ -14,9 +16,10 @@ pub mod otlp;
 pub mod process;
 pub mod rabbit_cluster;
 
+use std::fmt::Debug;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use longpoll_gateway::config::{ApiToken, BrokerUrl, Settings};
@@ -64,6 +67,16 @@ pub fn test_settings(backend: Backend) -> Settings {
 }
 
 /// A gateway running in this process.
+///
+/// Dropped, it checks what the test leaves behind (unless the test is already
+/// panicking): no message of a subscription it made is left unacked unless
+/// the gateway still holds it (a poll held, or an answer kept for a replay);
+/// then it deletes those subscriptions and checks that none is left; then it
+/// begins the gateway's graceful stop. A test that makes subscriptions other
+/// than through [`TestGateway::subscribe`] hands their keys to
+/// [`TestGateway::owns`]. The checks run inside `block_in_place`, on the
+/// test's runtime (which must then be multi-threaded): the gateway's tasks go
+/// on running on its workers meanwhile.
 pub struct TestGateway {
     pub backend: Backend,
     pub base: String,
@@ -71,6 +84,10 @@ pub struct TestGateway {
     pub client: reqwest::Client,
     pub settings: Settings,
     running: Option<RunningGateway>,
+    /// The subscriptions this test made through this gateway.
+    owned: Mutex<Vec<String>>,
+    /// The runtime the gateway runs on, for a drop outside it.
+    runtime: tokio::runtime::Handle,
 }
 
 impl TestGateway {
@@ -91,6 +108,8 @@ impl TestGateway {
             client: client(),
             settings,
             running: Some(running),
+            owned: Mutex::default(),
+            runtime: tokio::runtime::Handle::current(),
         };
         if backend == Backend::Rabbit {
             gw.wait_ready().await;
@@ -110,7 +129,10 @@ impl TestGateway {
     pub async fn wait_ready(&self) {
         let url = format!("{}/readyz", self.admin);
         eventually(Duration::from_secs(20), "gateway ready", || async {
-            matches!(self.client.get(&url).send().await, Ok(r) if r.status() == 200)
+            match self.client.get(&url).send().await {
+                Ok(r) => is(r.status().as_u16(), 200),
+                Err(e) => Err(e.to_string()),
+            }
         })
         .await;
     }
@@ -127,7 +149,15 @@ impl TestGateway {
             .expect("subscribe request");
         assert_eq!(r.status(), 201, "subscribe: {:?}", r.text().await);
         let body: Value = r.json().await.unwrap();
-        body["key"].as_str().unwrap().to_owned()
+        let key = body["key"].as_str().unwrap().to_owned();
+        self.owns(&key);
+        key
+    }
+
+    /// Counts a subscription the test made another way as its own: it is
+    /// checked and deleted when the gateway is dropped.
+    pub fn owns(&self, key: &str) {
+        self.owned.lock().unwrap().push(key.to_owned());
     }
 
     /// Emits an event through the management API; returns its message id.
@@ -191,7 +221,7 @@ impl TestGateway {
     /// Waits until a metric reaches `value`.
     pub async fn wait_metric(&self, name: &str, value: f64) {
         eventually(Duration::from_secs(20), name, || async {
-            self.metric(name).await == value
+            is(self.metric(name).await, value)
         })
         .await;
     }
@@ -222,11 +252,10 @@ impl TestGateway {
             Duration::from_secs(20),
             "a poll waiting at the broker",
             || async {
-                self.running()
-                    .broker
-                    .queue_stats(queue)
-                    .await
-                    .is_ok_and(|s| s.consumers >= 1)
+                match self.running().broker.queue_stats(queue).await {
+                    Ok(stats) => saw(stats.consumers >= 1, format!("{stats:?}")),
+                    Err(e) => Err(e.to_string()),
+                }
             },
         )
         .await;
@@ -244,10 +273,136 @@ impl TestGateway {
     }
 }
 
+impl TestGateway {
+    /// What the test leaves behind that it should not, or `Ok`: see the type's
+    /// docs. Deletes the test's subscriptions, `owned`, on the way.
+    async fn leftovers(&self, owned: Vec<String>) -> Result<(), String> {
+        let Some(running) = &self.running else {
+            // Stopped or taken by the test: the gateway holds nothing any
+            // more; its subscriptions go (on RabbitMQ; the embedded broker
+            // went with the gateway).
+            if self.backend == Backend::Rabbit {
+                let conn = amqp::connect().await;
+                for queue in &owned {
+                    amqp::delete_queue(&conn, queue).await;
+                }
+                let left = amqp::existing(&conn, &owned).await;
+                let _ = conn.close(0, "done".into()).await;
+                return nothing_left(&left);
+            }
+            return Ok(());
+        };
+        // A RabbitMQ consumer is kept for a while (10 s) after a delivery,
+        // waiting for the client's next poll, and takes the queue's next
+        // message meanwhile — an answer requeued at its replay TTL too — until
+        // it is cancelled and requeues it: wait that out.
+        let limit = match self.backend {
+            Backend::Memory => Duration::from_secs(5),
+            Backend::Rabbit => Duration::from_secs(15),
+        };
+        eventually(
+            limit,
+            "no message left unacked but those the gateway holds",
+            || async { self.unacked_not_held(&owned).await },
+        )
+        .await;
+        let mut left = Vec::new();
+        for queue in &owned {
+            // Gone already when the test deleted it.
+            let _ = running.broker.delete_subscription(queue).await;
+            if running.broker.queue_stats(queue).await.is_ok() {
+                left.push(queue.clone());
+            }
+        }
+        nothing_left(&left)
+    }
+
+    /// The test's queues with a message unacked that the gateway does not
+    /// hold, as the broker counts them.
+    async fn unacked_not_held(&self, queues: &[String]) -> Result<(), String> {
+        let running = self.running();
+        let unacked: Vec<(String, u64, u64)> = match self.backend {
+            Backend::Memory => {
+                let mut counts = Vec::new();
+                for queue in queues {
+                    if let Ok(stats) = running.broker.queue_stats(queue).await {
+                        counts.push((queue.clone(), stats.unacked.unwrap_or(0), 0));
+                    }
+                }
+                counts
+            }
+            Backend::Rabbit => {
+                let m = &running.metrics;
+                let taken = m.messages_delivered.get()
+                    + m.messages_skipped.get()
+                    + m.messages_requeued.get()
+                    + m.messages_redelivered.get();
+                if taken == 0 {
+                    // No message ever reached this gateway's polls.
+                    return Ok(());
+                }
+                amqp::rabbitmqctl_unacked_and_consumers(&self.settings.queue_prefix)
+                    .await
+                    .into_iter()
+                    .filter(|(name, _, _)| queues.contains(name))
+                    .collect()
+            }
+        };
+        let stray: Vec<_> = unacked
+            .into_iter()
+            .filter(|(queue, n, _)| *n > 0 && !running.store.holds(queue))
+            .collect();
+        if stray.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("(queue, unacked, consumers) {stray:?}"))
+        }
+    }
+}
+
+fn nothing_left(queues: &[String]) -> Result<(), String> {
+    if queues.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the test's queues still exist after their deletion: {queues:?}"
+        ))
+    }
+}
+
 impl Drop for TestGateway {
     fn drop(&mut self) {
+        let owned = std::mem::take(&mut *self.owned.lock().unwrap());
+        // When the test failed already, nothing more is said: only the stop.
+        if std::thread::panicking() || owned.is_empty() {
+            if let Some(r) = &self.running {
+                r.begin_shutdown();
+            }
+            return;
+        }
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if self.runtime.runtime_flavor() != RuntimeFlavor::MultiThread {
+            if let Some(r) = &self.running {
+                r.begin_shutdown();
+            }
+            panic!(
+                "a TestGateway that made subscriptions runs on a multi-thread runtime \
+                 (#[tokio::test(flavor = \"multi_thread\")]): its drop checks the broker \
+                 while the gateway's tasks go on"
+            );
+        }
+        let leftovers = match Handle::try_current() {
+            // On the runtime (the end of a test's body): leave it for the
+            // time of the checks; its workers run the gateway meanwhile.
+            Ok(handle) => tokio::task::block_in_place(|| handle.block_on(self.leftovers(owned))),
+            // Outside it (a test driving its own runtime with `block_on`).
+            Err(_) => self.runtime.block_on(self.leftovers(owned)),
+        };
         if let Some(r) = &self.running {
             r.begin_shutdown();
+        }
+        if let Err(what) = leftovers {
+            panic!("the test left behind {what}");
         }
     }
 }
@@ -313,20 +468,62 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Polls `check` until it is true, or panics after `limit` naming `what`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+/// What one look of [`eventually`]'s check saw: done, or what it saw instead.
+pub trait Observation {
+    /// `None` when the wait is over, else what was seen.
+    fn pending(self) -> Option<String>;
+}
+
+/// A bare condition: it can only say it is not met yet.
+impl Observation for bool {
+    fn pending(self) -> Option<String> {
+        (!self).then(|| "the condition not met yet (a bare bool says no more)".to_owned())
+    }
+}
+
+/// `Ok` when done, `Err` with what was seen instead (see [`is`] and [`saw`]).
+impl Observation for Result<(), String> {
+    fn pending(self) -> Option<String> {
+        self.err()
+    }
+}
+
+/// `Ok` when `seen` is `wanted`, else what was seen.
+pub fn is<T: PartialEq + Debug>(seen: T, wanted: T) -> Result<(), String> {
+    if seen == wanted {
+        Ok(())
+    } else {
+        Err(format!("{seen:?} (waiting for {wanted:?})"))
+    }
+}
+
+/// `Ok` when `done`, else what was seen.
+pub fn saw(done: bool, seen: impl std::fmt::Display) -> Result<(), String> {
+    if done { Ok(()) } else { Err(seen.to_string()) }
+}
+
+/// The last `n` lines of a log, for a report.
+pub fn last_lines(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Looks with `check` until it is done, or panics after `limit` naming `what`
+/// and what the last look saw.
+pub async fn eventually<F, Fut, O>(limit: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
+    Fut: Future<Output = O>,
+    O: Observation,
 {
     let start = Instant::now();
     let mut delay = Duration::from_millis(10);
     loop {
-        if check().await {
+        let Some(seen) = check().await.pending() else {
             return;
-        }
+        };
         if start.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting for {what}");
+            panic!("timed out after {limit:?} waiting for {what}; last saw: {seen}");
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(250));

@@ -8,32 +8,27 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::response::{IntoResponse, Response};
-use http::Request;
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tower::{Layer, Service};
 
 use super::store::{Decision, Previous, SequenceStore, Signal, Waiting};
 use crate::broker::Acker;
-use crate::longpoll::handler::KnownToClient;
-use crate::longpoll::outcome::{DeliveredAnswer, PollOutcome};
-use crate::longpoll::request::{PollQuery, PollRequest, QueueRules, parse_query};
+use crate::longpoll::context::PollContext;
+use crate::longpoll::outcome::{Answer, PollOutcome};
 use crate::telemetry::traces::PollTrace;
 
 /// Applies the sequence contract: replay, stale, supersede, ack-on-next.
 #[derive(Clone, Debug)]
 pub struct SequenceDedupLayer {
     store: Arc<SequenceStore>,
-    rules: QueueRules,
 }
 
 impl SequenceDedupLayer {
     /// Wraps a store; starts the sweeper that requeues answers past their TTL.
-    pub fn new(store: Arc<SequenceStore>, rules: QueueRules) -> Self {
+    pub fn new(store: Arc<SequenceStore>) -> Self {
         tokio::spawn(sweep(Arc::downgrade(&store)));
-        SequenceDedupLayer { store, rules }
+        SequenceDedupLayer { store }
     }
 }
 
@@ -44,7 +39,6 @@ impl<S> Layer<S> for SequenceDedupLayer {
         SequenceDedup {
             inner,
             store: self.store.clone(),
-            rules: self.rules.clone(),
         }
     }
 }
@@ -54,17 +48,16 @@ impl<S> Layer<S> for SequenceDedupLayer {
 pub struct SequenceDedup<S> {
     inner: S,
     store: Arc<SequenceStore>,
-    rules: QueueRules,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S> Service<Request<Body>> for SequenceDedup<S>
+impl<S> Service<PollContext> for SequenceDedup<S>
 where
-    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: Service<PollContext, Response = PollOutcome, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    type Response = Response;
+    type Response = PollOutcome;
     type Error = Infallible;
     type Future = SequenceFuture<S::Future>;
 
@@ -72,30 +65,24 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut ctx: PollContext) -> Self::Future {
         // The readied service goes with the call; a fresh clone stays behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let poll = match parse_query(req.uri().query()) {
-            Ok(PollQuery::Poll(p)) if self.rules.accepts(&p.uuid) => p,
-            // Probes, 400s and 404s carry no sequence state.
-            _ => {
-                return SequenceFuture::Passthrough {
-                    inner: inner.call(req),
-                };
-            }
+        // Probes, 400s and 404s carry no sequence state.
+        let Some(poll) = ctx.poll() else {
+            return SequenceFuture::Passthrough {
+                inner: inner.call(ctx),
+            };
         };
-        // Everything that needs the request happens here, before the future:
+        // Everything that needs the context happens here, before the future:
         // a held poll's future then holds the handler's future, the ticket and
-        // the signals, not the request (smaller futures, less memory per poll).
-        let waiting = match self
-            .store
-            .begin(&poll.uuid, poll.sequence, poll.seen.as_ref())
-        {
+        // the signals (smaller futures, less memory per poll).
+        let (uuid, sequence) = (poll.uuid.as_str(), poll.sequence);
+        let waiting = match self.store.begin(uuid, sequence, poll.seen.as_ref()) {
             Decision::Replay(answer) => {
-                tracing::debug!(sequence = poll.sequence, "replaying an answered sequence");
-                if let Some(t) = req.extensions().get::<PollTrace>() {
-                    t.poll(&poll.uuid, poll.sequence);
+                tracing::debug!(sequence, "replaying an answered sequence");
+                if let Some(t) = &ctx.trace {
                     t.replayed(&answer.message_id);
                 }
                 return SequenceFuture::answered(PollOutcome::Replay(answer));
@@ -105,37 +92,27 @@ where
             }
             Decision::Wait(w) => w,
         };
+        let ticket = Ticket {
+            store: self.store.clone(),
+            uuid: uuid.to_owned(),
+            ticket: waiting.ticket,
+            done: false,
+        };
         let Waiting {
-            ticket,
             signals,
             previous,
             last_message_id,
+            ..
         } = waiting;
-        let sequence = poll.sequence;
-        req.extensions_mut().insert(KnownToClient {
-            seen: poll.seen,
-            last_answered: last_message_id,
-        });
-        // Handed to the handler, which then does not parse the query again.
-        req.extensions_mut().insert(PollRequest {
-            uuid: poll.uuid.clone(),
-            sequence,
-            seen: None,
-        });
-        let ticket = Ticket {
-            store: self.store.clone(),
-            uuid: poll.uuid,
-            ticket,
-            done: false,
-        };
-        let trace = req.extensions().get::<PollTrace>().cloned();
+        ctx.last_answered = last_message_id;
+        let trace = ctx.trace.clone();
         // The handler does its checks now but waits on the broker only when
         // polled, after the previous answer is settled. The settling is boxed:
         // it is over within the first polls, and a held poll's future need
         // not be sized for it.
         SequenceFuture::Waiting {
             settle: previous.map(|p| -> BoxFuture<()> { Box::pin(settle_previous(p, sequence)) }),
-            response: inner.call(req),
+            response: inner.call(ctx),
             signals,
             ticket,
             trace,
@@ -153,7 +130,7 @@ pin_project! {
         /// Probes, 400s and 404s: the handler's answer as it is.
         Passthrough { #[pin] inner: F },
         /// A replay or a 409 decided before the handler was called.
-        Answered { response: Option<Response> },
+        Answered { outcome: Option<PollOutcome> },
         /// A poll waiting for its message, for a newer poll, or for a replay.
         Waiting {
             settle: Option<BoxFuture<()>>,
@@ -169,22 +146,22 @@ pin_project! {
 impl<F> SequenceFuture<F> {
     fn answered(outcome: PollOutcome) -> Self {
         SequenceFuture::Answered {
-            response: Some(outcome.into_response()),
+            outcome: Some(outcome),
         }
     }
 }
 
 impl<F> Future for SequenceFuture<F>
 where
-    F: Future<Output = Result<Response, Infallible>>,
+    F: Future<Output = Result<PollOutcome, Infallible>>,
 {
-    type Output = Result<Response, Infallible>;
+    type Output = Result<PollOutcome, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             SequenceProj::Passthrough { inner } => inner.poll(cx),
-            SequenceProj::Answered { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
+            SequenceProj::Answered { outcome } => match outcome.take() {
+                Some(outcome) => Poll::Ready(Ok(outcome)),
                 None => panic!("SequenceFuture polled after completion"),
             },
             SequenceProj::Waiting {
@@ -200,14 +177,17 @@ where
                 }
                 // The handler's answer first: when both are ready, the
                 // message it holds is answered rather than requeued.
-                if let Poll::Ready(Ok(mut response)) = response.poll(cx) {
-                    let delivered = response.extensions_mut().remove::<DeliveredAnswer>();
-                    let answer = delivered.map(|d| {
-                        let acker = d.take_acker();
-                        (d.answer, acker)
-                    });
-                    requeue(ticket.finish(answer));
-                    return Poll::Ready(Ok(response));
+                if let Poll::Ready(Ok(mut outcome)) = response.poll(cx) {
+                    // A message's ack handle stays here, with its answer,
+                    // until the next sequence proves receipt.
+                    let kept = match &mut outcome {
+                        PollOutcome::Message(delivered) => {
+                            Some((delivered.answer.clone(), delivered.take_acker()))
+                        }
+                        _ => None,
+                    };
+                    requeue(ticket.finish(kept));
+                    return Poll::Ready(Ok(outcome));
                 }
                 let signal = std::task::ready!(Pin::new(signals).poll(cx));
                 let outcome = match signal {
@@ -221,7 +201,7 @@ where
                     Ok(Signal::Superseded) | Err(_) => PollOutcome::Superseded,
                 };
                 requeue(ticket.finish(None));
-                Poll::Ready(Ok(outcome.into_response()))
+                Poll::Ready(Ok(outcome))
             }
         }
     }
@@ -261,10 +241,7 @@ struct Ticket {
 }
 
 impl Ticket {
-    fn finish(
-        &mut self,
-        answer: Option<(Arc<crate::longpoll::outcome::Answer>, Option<Acker>)>,
-    ) -> Vec<Acker> {
+    fn finish(&mut self, answer: Option<(Arc<Answer>, Option<Acker>)>) -> Vec<Acker> {
         self.done = true;
         self.store.finish(&self.uuid, self.ticket, answer)
     }
@@ -308,5 +285,270 @@ async fn sweep(store: std::sync::Weak<SequenceStore>) {
             );
         }
         requeue(expired);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use crate::broker::{BrokerError, Settle};
+    use crate::longpoll::{DeliveredAnswer, QueueRules, SeenIds};
+    use crate::telemetry::Metrics;
+
+    const KEY: &str = "longpoll.subscribe.k";
+
+    /// What became of each message: "ack m1", "requeue m1".
+    #[derive(Clone, Default)]
+    struct Settled(Arc<Mutex<Vec<String>>>);
+
+    impl Settled {
+        fn acker(&self, id: &str, metrics: &Arc<Metrics>) -> Acker {
+            struct Record(Settled, String);
+            #[async_trait::async_trait]
+            impl Settle for Record {
+                async fn ack(&self) -> Result<(), BrokerError> {
+                    self.0.push(format!("ack {}", self.1));
+                    Ok(())
+                }
+                async fn requeue(&self) -> Result<(), BrokerError> {
+                    self.0.push(format!("requeue {}", self.1));
+                    Ok(())
+                }
+            }
+            Acker::new(Box::new(Record(self.clone(), id.into())), metrics.clone())
+        }
+
+        fn push(&self, what: String) {
+            self.0.lock().unwrap().push(what);
+        }
+
+        fn seen(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+
+        /// Waits (a few scheduler turns) for the spawned settle tasks.
+        async fn after_settling(&self) -> Vec<String> {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            self.seen()
+        }
+    }
+
+    fn store(ttl: Duration) -> (Arc<SequenceStore>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let store = Arc::new(SequenceStore::new(ttl, 100, metrics.clone()));
+        (store, metrics)
+    }
+
+    fn ctx(query: &str) -> PollContext {
+        PollContext::new(Some(query), &QueueRules::new("longpoll.subscribe."), None)
+    }
+
+    fn poll(sequence: u64) -> PollContext {
+        ctx(&format!("uuid={KEY}&sequence={sequence}"))
+    }
+
+    fn message(sequence: u64, id: &str, acker: Acker) -> PollOutcome {
+        PollOutcome::Message(DeliveredAnswer::new(
+            Arc::new(Answer {
+                sequence,
+                body: Bytes::from_static(b"{}"),
+                message_id: id.into(),
+                is_error: false,
+            }),
+            acker,
+        ))
+    }
+
+    fn message_id(outcome: &PollOutcome) -> Option<&str> {
+        match outcome {
+            PollOutcome::Message(d) => Some(&d.answer.message_id),
+            PollOutcome::Replay(a) => Some(&a.message_id),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answered_message_stays_unacked_and_a_retry_is_replayed_without_the_handler() {
+        let (store, metrics) = store(Duration::from_secs(60));
+        let settled = Settled::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (s, m, c) = (settled.clone(), metrics.clone(), calls.clone());
+        let polls = ServiceBuilder::new()
+            .layer(SequenceDedupLayer::new(store.clone()))
+            .service_fn(move |ctx: PollContext| {
+                c.fetch_add(1, Ordering::SeqCst);
+                let sequence = ctx.poll().expect("a poll").sequence;
+                let outcome = message(sequence, "m1", s.acker("m1", &m));
+                async move { Ok::<_, Infallible>(outcome) }
+            });
+        let first = polls.clone().oneshot(poll(1)).await.unwrap();
+        assert_eq!(message_id(&first), Some("m1"));
+        let again = polls.clone().oneshot(poll(1)).await.unwrap();
+        assert!(matches!(&again, PollOutcome::Replay(a) if &*a.message_id == "m1"));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the retry never reached the handler"
+        );
+        drop((first, again));
+        assert_eq!(
+            settled.after_settling().await,
+            Vec::<String>::new(),
+            "still unacked"
+        );
+        assert_eq!(store.answered(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_next_sequence_acks_the_previous_answer_and_tells_the_handler_its_id() {
+        let (store, metrics) = store(Duration::from_secs(60));
+        let settled = Settled::default();
+        let last_answered = Arc::new(Mutex::new(Vec::new()));
+        let (s, m, seen) = (settled.clone(), metrics.clone(), last_answered.clone());
+        let polls = ServiceBuilder::new()
+            .layer(SequenceDedupLayer::new(store.clone()))
+            .service_fn(move |ctx: PollContext| {
+                seen.lock().unwrap().push(ctx.last_answered.clone());
+                let sequence = ctx.poll().expect("a poll").sequence;
+                let id = format!("m{sequence}");
+                let outcome = message(sequence, &id, s.acker(&id, &m));
+                async move { Ok::<_, Infallible>(outcome) }
+            });
+        polls.clone().oneshot(poll(1)).await.unwrap();
+        let second = polls.clone().oneshot(poll(2)).await.unwrap();
+        assert_eq!(message_id(&second), Some("m2"));
+        assert_eq!(settled.after_settling().await, ["ack m1"]);
+        assert_eq!(*last_answered.lock().unwrap(), [None, Some("m1".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_lower_sequence_from_a_client_that_sends_seen_is_stale() {
+        let (store, metrics) = store(Duration::from_secs(60));
+        let settled = Settled::default();
+        let polls = ServiceBuilder::new()
+            .layer(SequenceDedupLayer::new(store))
+            .service_fn(move |_: PollContext| {
+                let outcome = message(5, "m5", settled.acker("m5", &metrics));
+                async move { Ok::<_, Infallible>(outcome) }
+            });
+        polls.clone().oneshot(poll(5)).await.unwrap();
+        let stale = ctx(&format!("uuid={KEY}&sequence=4&seen=m5"));
+        assert!(matches!(
+            polls.oneshot(stale).await.unwrap(),
+            PollOutcome::Stale { last_answered: 5 }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_newer_poll_supersedes_the_held_one() {
+        let (store, metrics) = store(Duration::from_secs(60));
+        let polls = ServiceBuilder::new()
+            .layer(SequenceDedupLayer::new(store))
+            .service_fn(|_: PollContext| std::future::pending::<Result<PollOutcome, Infallible>>());
+        let mut older = by_hand(polls.clone().oneshot(poll(1)));
+        assert!(older.poll_once().is_none(), "held");
+        let mut newer = by_hand(polls.oneshot(poll(1)));
+        assert!(newer.poll_once().is_none(), "the newer one waits");
+        let answer = older.poll_once().expect("answered at once");
+        assert!(matches!(answer, Ok(PollOutcome::Superseded)));
+        assert_eq!(metrics.supersedes.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn probes_and_refusals_pass_through_without_sequence_state() {
+        let (store, _) = store(Duration::from_secs(60));
+        let polls = ServiceBuilder::new()
+            .layer(SequenceDedupLayer::new(store.clone()))
+            .service_fn(|ctx: PollContext| async move {
+                Ok::<_, Infallible>(match ctx.asked {
+                    crate::longpoll::Asked::Answer(outcome) => outcome,
+                    crate::longpoll::Asked::Poll(_) => panic!("not a poll"),
+                })
+            });
+        for query in ["", "uuid=x", "uuid=other.queue&sequence=1"] {
+            let outcome = polls.clone().oneshot(ctx(query)).await.unwrap();
+            assert!(
+                matches!(
+                    outcome,
+                    PollOutcome::Probe { .. } | PollOutcome::Rejected(_) | PollOutcome::NotFound
+                ),
+                "{query}: {outcome:?}"
+            );
+        }
+        // Nothing was admitted: a poll of any sequence now waits.
+        assert!(matches!(
+            store.begin(KEY, 1, Some(&SeenIds::default())),
+            Decision::Wait(_)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_cut_by_the_timeout_frees_its_uuid_and_its_message_goes_back() {
+        let (store, metrics) = store(Duration::from_secs(60));
+        let settled = Settled::default();
+        let (s, m) = (settled.clone(), metrics.clone());
+        // The handler got a message but the timeout cuts the poll before the
+        // answer is taken up: the message must go back, the slot be free.
+        let polls = ServiceBuilder::new()
+            .timeout(Duration::from_secs(270))
+            .layer(SequenceDedupLayer::new(store.clone()))
+            .service_fn(move |_: PollContext| {
+                let acker = s.acker("m1", &m);
+                async move {
+                    let _holds = acker;
+                    std::future::pending::<Result<PollOutcome, Infallible>>().await
+                }
+            });
+        let err = polls.clone().oneshot(poll(1)).await.unwrap_err();
+        assert!(err.is::<tower::timeout::error::Elapsed>());
+        assert_eq!(settled.after_settling().await, ["requeue m1"]);
+        // A new poll of the uuid supersedes nothing: the cut one left the store.
+        let mut next = by_hand(polls.oneshot(poll(1)));
+        assert!(next.poll_once().is_none());
+        assert_eq!(metrics.supersedes.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_not_followed_within_the_replay_ttl_is_requeued() {
+        let (store, metrics) = store(Duration::from_secs(5));
+        let settled = Settled::default();
+        let (s, m) = (settled.clone(), metrics.clone());
+        let polls = ServiceBuilder::new()
+            .layer(SequenceDedupLayer::new(store.clone()))
+            .service_fn(move |_: PollContext| {
+                let outcome = message(1, "m1", s.acker("m1", &m));
+                async move { Ok::<_, Infallible>(outcome) }
+            });
+        polls.oneshot(poll(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(settled.after_settling().await, Vec::<String>::new());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(settled.after_settling().await, ["requeue m1"]);
+        assert_eq!(store.answered(), 0);
+    }
+
+    /// A future polled by hand, once at a time (tokio-test's `task::spawn`).
+    struct Task<F>(Pin<Box<F>>);
+
+    fn by_hand<F: Future>(f: F) -> Task<F> {
+        Task(Box::pin(f))
+    }
+
+    impl<F: Future> Task<F> {
+        fn poll_once(&mut self) -> Option<F::Output> {
+            let waker = std::task::Waker::noop();
+            match self.0.as_mut().poll(&mut Context::from_waker(waker)) {
+                Poll::Ready(out) => Some(out),
+                Poll::Pending => None,
+            }
+        }
     }
 }

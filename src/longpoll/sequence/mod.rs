@@ -16,8 +16,28 @@
 //! poll handler (see `http::router`). It must sit inside the timeout so that a
 //! poll cut by the timeout releases its held slot (the [`layer`] ticket does that
 //! on drop), and directly around the handler so that the ack handle of an answer
-//! (carried out in the response's extensions) is taken before anything else
-//! could drop it.
+//! (carried up in [`PollOutcome::Message`](crate::longpoll::PollOutcome)) is
+//! taken before anything else could drop it.
+//!
+//! It serves a [`PollContext`](crate::longpoll::PollContext), not an HTTP
+//! request: it reads the poll the context asks for and writes the message id
+//! last answered for its uuid (`last_answered`) for the handler.
+//!
+//! ```
+//! # use std::{convert::Infallible, sync::Arc, time::Duration};
+//! # use longpoll_gateway::longpoll::{PollContext, PollOutcome, QueueRules, SequenceDedupLayer, SequenceStore};
+//! # use longpoll_gateway::telemetry::Metrics;
+//! # use tower::{ServiceBuilder, ServiceExt};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let store = Arc::new(SequenceStore::new(Duration::from_secs(300), 10_000, Arc::new(Metrics::new())));
+//! let polls = ServiceBuilder::new()
+//!     .layer(SequenceDedupLayer::new(store))
+//!     .service_fn(|_ctx: PollContext| async { Ok::<_, Infallible>(PollOutcome::Timeout) });
+//! let rules = QueueRules::new("longpoll.subscribe.");
+//! let ctx = PollContext::new(Some("uuid=longpoll.subscribe.k&sequence=1"), &rules, None);
+//! assert!(matches!(polls.oneshot(ctx).await, Ok(PollOutcome::Timeout)));
+//! # }
+//! ```
 //!
 //! The store is per replica and in memory. With ingress consistent hashing on
 //! `uuid` a client's retries reach the same replica; without it, or after a

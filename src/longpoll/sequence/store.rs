@@ -323,6 +323,15 @@ impl SequenceStore {
     pub fn answered(&self) -> usize {
         self.lock().answered
     }
+
+    /// Is a poll of `uuid` held, or an answer kept for it with its message
+    /// unacked? Only then may one of its queue's messages be unacked on this
+    /// replica's account.
+    pub fn holds(&self, uuid: &str) -> bool {
+        self.lock().slots.get(uuid).is_some_and(|slot| {
+            slot.held.is_some() || slot.answered.as_ref().is_some_and(|a| a.acker.is_some())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -444,6 +453,20 @@ mod tests {
         // It shows another message for 2 (another replica answered a retry): requeued.
         let next = wait(s.begin("u", 3, Some(&SeenIds::parse("other,m1"))));
         assert!(matches!(next.previous, Some(Previous::Requeue(_))));
+    }
+
+    #[tokio::test]
+    async fn a_uuid_is_held_while_a_poll_waits_or_an_unacked_answer_is_kept() {
+        let metrics = Arc::new(Metrics::new());
+        let s = store(Duration::from_secs(60), 10);
+        assert!(!s.holds("u"));
+        let w = wait(s.begin("u", 1, None));
+        assert!(s.holds("u"), "a poll waits");
+        s.finish("u", w.ticket, Some((answer(1, "m1"), acker(&metrics))));
+        assert!(s.holds("u"), "its answer is kept, unacked");
+        let next = wait(s.begin("u", 2, None));
+        s.finish("u", next.ticket, None);
+        assert!(!s.holds("u"), "the answer was handed over to be acked");
     }
 
     #[tokio::test]
