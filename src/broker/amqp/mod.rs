@@ -101,7 +101,27 @@ pub fn connections_for(cores: usize, nodes: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::connections_for;
+    use super::{AmqpOptions, connections_for};
+    use crate::config::{BrokerUrl, Settings};
+
+    fn options(broker: &str) -> AmqpOptions {
+        let Ok(BrokerUrl::Amqp(nodes)) = BrokerUrl::parse(broker) else {
+            panic!("{broker}");
+        };
+        AmqpOptions::from_settings(&Settings::default(), nodes)
+    }
+
+    #[test]
+    fn a_replicated_queue_gets_one_replica_per_node_up_to_three() {
+        assert_eq!(options("amqp://a/").initial_cluster_size(), None);
+        assert_eq!(
+            options("amqp://a/,amqp://b/").initial_cluster_size(),
+            Some(2)
+        );
+        let five = "amqp://a/,amqp://b/,amqp://c/,amqp://d/,amqp://e/";
+        assert_eq!(options(five).initial_cluster_size(), Some(3));
+        assert_eq!(options(five).connections, 4);
+    }
 
     #[test]
     fn one_connection_per_two_cores_from_one_to_four() {
