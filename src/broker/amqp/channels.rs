@@ -205,13 +205,21 @@ async fn checkout(pool: &OpChannelPool) -> (Result<OpChannel, BrokerError>, std:
 /// over several: RabbitMQ places a queue on the node of the connection that
 /// declares it, and a pool left to grow on demand would declare nearly every
 /// queue through its first channel.
+///
+/// Takes only what is free at once: a channel in use is not waited for
+/// (operations would queue behind the fill), and the supervisor comes back
+/// next round for what it could not reach.
 pub(crate) async fn fill(pool: &OpChannelPool) {
     let size = pool.status().max_size;
+    let at_once = managed::Timeouts {
+        wait: Some(std::time::Duration::ZERO),
+        ..pool.timeouts()
+    };
     let mut held = Vec::with_capacity(size);
     while held.len() < size {
-        match pool.get().await {
+        match pool.timeout_get(&at_once).await {
             Ok(channel) => held.push(channel),
-            Err(_) => break, // the supervisor tries again on its next round
+            Err(_) => break,
         }
     }
 }

@@ -656,21 +656,34 @@ impl Connections {
     }
 
     /// Brings the pool up to its size (opening what is missing on the nodes
-    /// that should take it, dropping lost ones) and returns how many of its
-    /// connections are connected; an error when none is. Every connection is
-    /// checked out at once for a moment: opening one is what makes others
-    /// wait, and only a lost or moved connection needs opening.
+    /// that should take it, dropping lost ones) and returns how many of the
+    /// connections it saw are connected; an error when none is. It takes only
+    /// what is free at once — never waiting for a connection another task
+    /// holds, which would hold up that task's next checkout in turn — and
+    /// waits for one only when all are taken.
     pub(crate) async fn fill(&self) -> Result<usize, BrokerError> {
         let size = self.0.status().max_size;
+        let at_once = managed::Timeouts {
+            wait: Some(Duration::ZERO),
+            ..self.0.timeouts()
+        };
         let mut held = Vec::with_capacity(size);
         let mut failure = None;
         while held.len() < size {
-            match self.get().await {
-                Ok(conn) => held.push(conn),
+            match self.0.timeout_get(&at_once).await {
+                Ok(conn) => held.push(Connection(conn)),
+                // Every other connection is checked out right now.
+                Err(managed::PoolError::Timeout(managed::TimeoutType::Wait)) => break,
                 Err(e) => {
-                    failure = Some(e);
+                    failure = Some(from_pool(e, "connection"));
                     break;
                 }
+            }
+        }
+        if held.is_empty() && failure.is_none() {
+            match self.get().await {
+                Ok(conn) => held.push(conn),
+                Err(e) => failure = Some(e),
             }
         }
         let live = held.iter().filter(|c| c.status().connected()).count();
@@ -896,6 +909,11 @@ mod tests {
         assert_eq!(nodes.state(0), NodeState::Down);
         let conn = pool.get().await.expect("a connection");
         assert_eq!(conn.0.node, 1);
+        // The connection held is not waited for: filling takes the free one.
+        let filled = tokio::time::timeout(Duration::from_millis(500), pool.fill())
+            .await
+            .expect("filling does not wait for a connection in use");
+        assert_eq!(filled.expect("connected"), 1);
         let _ = conn.detach().close(200, "test done".into()).await;
         assert_eq!(
             pool.per_node(),
