@@ -6,9 +6,10 @@
 //! connections again; a rolling restart with pages polling and a publisher emitting
 //! throughout loses nothing on the queues that stayed up.
 //!
-//! Each test starts its own cluster and never touches the shared RabbitMQ on 127.0.0.1:5672
-//! (but the first, which needs no cluster: it runs one gateway on the shared node and a
-//! port where nothing answers). The figures each test prints (`figure: …`) show with
+//! The first two tests need no cluster: a gateway (in this process, then the binary with
+//! `LONGPOLL_BROKER`) is given the shared RabbitMQ on 127.0.0.1:5672 and a port where nothing
+//! answers, and only uses the shared node. The others start a cluster each and never touch
+//! the shared RabbitMQ. The figures each test prints (`figure: …`) show with
 //! `cargo nextest run --test broker_nodes --no-capture`.
 
 mod common;
@@ -67,6 +68,34 @@ async fn a_node_that_does_not_answer_is_left_and_the_others_serve() {
     let id = gw.emit(&event, json!({"n": 1})).await;
     let (answer, _) = held.await.expect("the poll");
     assert_eq!((answer.status, answer.message_id()), (200, id.as_str()));
+}
+
+/// The binary itself, its nodes from the environment variable, comma-separated: it serves
+/// through the one that answers, says which one it left, and prints no password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn longpoll_broker_lists_the_nodes_comma_separated_and_no_password_is_printed() {
+    let nodes = format!(
+        "amqp://guest:s3cret-node-password@127.0.0.1:1/%2f,{}",
+        common::amqp_url()
+    );
+    let gw = common::process::GatewayProcess::start(&[], &[("LONGPOLL_BROKER", &nodes)]).await;
+    let http = common::client();
+    eventually(Duration::from_secs(20), "ready through the node that answers", || async {
+        matches!(http.get(format!("{}/readyz", gw.admin)).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the dead node named as left",
+        || async {
+            let logs = gw.logs();
+            logs.contains("leaving it") && logs.contains("127.0.0.1:1")
+        },
+    )
+    .await;
+    let logs = gw.logs();
+    assert!(logs.contains("amqp://guest:***@127.0.0.1:1/%2f,"), "{logs}");
+    assert!(!logs.contains("s3cret-node-password"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
