@@ -326,8 +326,8 @@ pub fn from_settings(
             memory::MemoryOptions::from_settings(settings),
             metrics,
         ))),
-        BrokerUrl::Amqp(url) => Ok(Arc::new(AmqpBroker::start(
-            amqp::AmqpOptions::from_settings(settings, url.clone()),
+        BrokerUrl::Amqp(nodes) => Ok(Arc::new(AmqpBroker::start(
+            amqp::AmqpOptions::from_settings(settings, nodes.clone()),
             metrics,
         )?)),
     }

@@ -237,6 +237,44 @@ mod tests {
     }
 
     #[test]
+    fn broker_nodes_come_comma_separated_repeated_or_as_a_file_array() {
+        let listed = |s: Settings| match s.broker {
+            crate::config::BrokerUrl::Amqp(nodes) => nodes.to_string(),
+            other => panic!("{other:?}"),
+        };
+        let s = serve(&[
+            "--broker",
+            "amqp://u:p@a/%2f,amqp://u:p@b/%2f",
+            "--broker",
+            "amqp://u:p@c/%2f",
+        ])
+        .unwrap();
+        assert_eq!(
+            listed(s),
+            "amqp://u:***@a/%2f,amqp://u:***@b/%2f,amqp://u:***@c/%2f"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = write(
+            dir.path(),
+            "gw.toml",
+            "broker = [\"amqp://u:p@a/%2f\", \"amqp://u:p@b/%2f\"]\n",
+        );
+        let s = serve(&["--config", &config]).unwrap();
+        assert_eq!(listed(s), "amqp://u:***@a/%2f,amqp://u:***@b/%2f");
+        // The flag replaces the file's list, as every flag does.
+        let s = serve(&["--config", &config, "--broker", "amqp://u:p@c/%2f"]).unwrap();
+        assert_eq!(listed(s), "amqp://u:***@c/%2f");
+        let err = serve(&["--broker", "amqp://u:p@a/", "--broker", "amqps://u:p@b/"]).unwrap_err();
+        assert!(
+            err.starts_with(
+                "invalid --broker (or LONGPOLL_BROKER): amqp://u:***@a/ and amqps://u:***@b/ mix"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
     fn an_unknown_flag_or_a_missing_value_is_a_command_line_error() {
         for argv in [
             &["longpoll-gateway", "serve", "--no-such-flag"][..],

@@ -39,8 +39,8 @@ pub mod value;
 
 pub use file::FileValues;
 pub use settings::{
-    ApiToken, BrokerTls, BrokerUrl, ConnectionLimits, DEFAULT_CHANNEL_POOL_SIZE, ExchangeType,
-    LogFormat, MemoryLimits, SecretUrl, Settings, is_printable_ascii, redact_url,
+    ApiToken, BrokerNodes, BrokerTls, BrokerUrl, ConnectionLimits, DEFAULT_CHANNEL_POOL_SIZE,
+    ExchangeType, LogFormat, MemoryLimits, SecretUrl, Settings, is_printable_ascii, redact_url,
 };
 pub use value::parse_duration;
 use value::{Clearable, Setting};
@@ -87,10 +87,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", env = "LONGPOLL_ADMIN_LISTEN",
           value_parser = Setting(value::address))]
     pub admin_listen: Option<SocketAddr>,
-    /// `memory://` (embedded broker, one replica) or `amqp://user:pass@host:5672/vhost`.
+    /// `memory://` (embedded broker, one replica) or `amqp://user:pass@host:5672/vhost`;
+    /// the nodes of one RabbitMQ cluster comma-separated, or the flag repeated.
     #[arg(long, value_name = "URL", env = "LONGPOLL_BROKER",
           value_parser = Setting(value::broker))]
-    pub broker: Option<BrokerUrl>,
+    pub broker: Vec<BrokerUrl>,
     /// Exchange that events are published to and subscription queues are bound to.
     #[arg(long, value_name = "NAME", env = "LONGPOLL_EXCHANGE",
           value_parser = Setting(value::exchange))]
@@ -229,10 +230,15 @@ impl ServeArgs {
     /// default; then the checks that involve more than one setting.
     pub fn into_settings(self) -> Result<Settings, ConfigError> {
         let d = Settings::default();
+        let broker = match self.broker.len() {
+            0 => d.broker,
+            1 => self.broker.into_iter().next().unwrap_or(d.broker),
+            _ => BrokerUrl::join(self.broker).map_err(|why| ConfigError::invalid("broker", why))?,
+        };
         let settings = Settings {
             listen: self.listen.unwrap_or(d.listen),
             admin_listen: self.admin_listen.unwrap_or(d.admin_listen),
-            broker: self.broker.unwrap_or(d.broker),
+            broker,
             exchange: self.exchange.unwrap_or(d.exchange),
             exchange_type: self.exchange_type.unwrap_or(d.exchange_type),
             subscription_expiry: self.subscription_expiry.unwrap_or(d.subscription_expiry),
@@ -298,7 +304,7 @@ fn check_broker_tls(broker: &BrokerUrl, tls: &BrokerTls) -> Result<(), ConfigErr
     ]
     .into_iter()
     .find_map(|(name, set)| set.then_some(name));
-    let amqps = matches!(broker, BrokerUrl::Amqp(u) if u.expose().starts_with("amqps:"));
+    let amqps = matches!(broker, BrokerUrl::Amqp(nodes) if nodes.is_tls());
     if let Some(name) = tls_setting
         && !amqps
     {

@@ -18,6 +18,13 @@ pub struct StatusLabel {
     pub status: u16,
 }
 
+/// `broker_node` label: a node's position in `--broker`, from 0 (bounded by
+/// the nodes given).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerNodeLabel {
+    pub broker_node: u32,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -51,6 +58,7 @@ pub struct Metrics {
     pub events_published: Counter,
     pub broker_connected: Gauge,
     pub broker_reconnects: Counter,
+    pub broker_node_up: Family<BrokerNodeLabel, Gauge>,
     pub channel_pool_size: Gauge,
     pub channel_pool_in_use: Gauge,
     pub channel_pool_wait_seconds: Histogram,
@@ -84,6 +92,7 @@ impl Metrics {
             events_published: Counter::default(),
             broker_connected: Gauge::default(),
             broker_reconnects: Counter::default(),
+            broker_node_up: Family::default(),
             channel_pool_size: Gauge::default(),
             channel_pool_in_use: Gauge::default(),
             channel_pool_wait_seconds: Histogram::new([
@@ -167,13 +176,18 @@ impl Metrics {
         );
         registry.register(
             "broker_connected",
-            "1 when the broker connection is usable",
+            "1 when the broker is usable: a connection to at least one of its nodes is up",
             m.broker_connected.clone(),
         );
         registry.register(
             "broker_reconnects",
-            "Broker connections re-established after a loss",
+            "Times the broker became usable again after none of its nodes could be reached",
             m.broker_reconnects.clone(),
+        );
+        registry.register(
+            "broker_node_up",
+            "1 when the last connection made to this node of --broker (by position, from 0) succeeded and none has been lost since",
+            m.broker_node_up.clone(),
         );
         registry.register(
             "channel_pool_size",
@@ -247,6 +261,14 @@ impl Metrics {
                 broker,
             })
             .set(1);
+    }
+
+    /// Whether node `node` of `--broker` answers.
+    pub fn set_broker_node_up(&self, node: usize, up: bool) {
+        let broker_node = u32::try_from(node).unwrap_or(u32::MAX);
+        self.broker_node_up
+            .get_or_create(&BrokerNodeLabel { broker_node })
+            .set(i64::from(up));
     }
 
     /// One answered poll.

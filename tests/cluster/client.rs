@@ -173,6 +173,8 @@ impl Backoff {
 pub struct Progress {
     pub delivered: AtomicU64,
     pub complete: AtomicU64,
+    /// The event number shown last (meaningful for a `Progress` given to one client).
+    pub last_event: AtomicU64,
 }
 
 /// One subscription's poller.
@@ -277,6 +279,7 @@ impl Client {
                         out.events.push(event);
                         out.ids.push(message_id.clone());
                         progress.delivered.fetch_add(1, Ordering::Relaxed);
+                        progress.last_event.store(event, Ordering::Relaxed);
                         t.note = "delivered";
                     } else {
                         // Rule 8.

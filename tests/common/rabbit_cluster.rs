@@ -142,6 +142,15 @@ pub struct QueueInfo {
     pub state: String,
 }
 
+/// A client connection as `rabbitmqctl list_connections` reports it.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The name the client gave (its `connection_name` property), or empty.
+    pub name: String,
+    /// The node the connection goes to (by the port it reached).
+    pub node: Option<usize>,
+}
+
 /// `rabbitmqctl cluster_status`, seen through one node.
 #[derive(Debug, Clone)]
 pub struct ClusterView {
@@ -546,6 +555,50 @@ impl RabbitCluster {
                     online: self.nodes_named_in(online),
                     state: state.to_owned(),
                 })
+            })
+            .collect()
+    }
+
+    /// Every client connection to the cluster, as a running node lists them (each node
+    /// answers for its own).
+    pub async fn connections(&self) -> Vec<ConnectionInfo> {
+        let via = self.some_running_node(None).await;
+        let out = self
+            .ctl(
+                via,
+                &[
+                    "list_connections",
+                    "port",
+                    "client_properties",
+                    "--formatter",
+                    "json",
+                ],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("list_connections through node {}: {e}", via + 1));
+        // JSON: `client_properties` is a list of [key, type, value].
+        let listed: Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("list_connections: {e}: {out}"));
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let port = c["port"].as_u64();
+                let name = c["client_properties"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p[0].as_str() == Some("connection_name"))
+                    .and_then(|p| p[2].as_str())
+                    .unwrap_or_default();
+                ConnectionInfo {
+                    name: name.to_owned(),
+                    node: self
+                        .nodes
+                        .iter()
+                        .position(|n| Some(u64::from(n.amqp_port)) == port),
+                }
             })
             .collect()
     }

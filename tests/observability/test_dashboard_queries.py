@@ -20,7 +20,8 @@ from stack import finite_values, label_values_query
 RATE_INTERVAL = "30s"
 RANGE = "5m"
 # Panels whose per-pod query leaves some pods out on purpose.
-NOT_EVERY_POD = {"Channel pool saturation by pod"}  # the embedded broker has no channel pool
+# The embedded broker has no channel pool and no broker nodes.
+NOT_EVERY_POD = {"Channel pool saturation by pod", "Broker nodes reachable"}
 
 
 def grafana_regex_escape(value: str) -> str:
@@ -85,6 +86,7 @@ EXERCISED_BOTH = [
 EXERCISED_RABBITMQ = [
     "longpoll_broker_reconnects_total",
     "longpoll_broker_connected",
+    "longpoll_broker_node_up",
     "longpoll_channel_pool_size",
     "longpoll_channel_pool_wait_seconds_count",
 ]

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AmqpOptions;
 use super::channels::{self, ConsumerChannels, OpChannelPool, op_channel};
-use super::connections::Connections;
+use super::connections::{Connections, Nodes};
 use super::consumers::{ConsumerRegistry, consumer_slot, ensure_consumer, live_consumer};
 use super::delivery::{publish_properties, to_delivery};
 use super::errors::{from_lapin_on, short};
@@ -33,6 +33,8 @@ use crate::telemetry::Metrics;
 /// The parts of one broker, shared by its handles and (weakly) its tasks.
 pub(crate) struct Inner {
     pub(crate) options: AmqpOptions,
+    /// What `rabbitmqctl list_connections` shows for this broker's connections.
+    pub(crate) name: String,
     pub(crate) connections: Connections,
     /// Operation channels: declares, binds, deletes, publishes.
     pub(crate) ops: OpChannelPool,
@@ -56,7 +58,7 @@ pub struct AmqpBroker {
 impl std::fmt::Debug for AmqpBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpBroker")
-            .field("url", &self.inner.options.url)
+            .field("nodes", &self.inner.options.nodes)
             .finish_non_exhaustive()
     }
 }
@@ -68,19 +70,14 @@ impl AmqpBroker {
         // The process id in the name lets an operator (and a test) tell one
         // replica's connections apart in `rabbitmqctl list_connections`.
         let name = format!("longpoll-gateway pid={}", std::process::id());
-        let connections = Connections::new(
-            &options.url,
-            name.clone(),
-            options.connections,
-            &options.tls,
-        )?;
+        let nodes = Nodes::new(&options.nodes, &options.tls, metrics.clone())?;
+        let connections = Connections::new(&nodes, name.clone(), options.connections)?;
         let ops = channels::op_channel_pool(&connections, options.channel_pool_size)?;
         // Passive declares (probes) get a connection of their own: each unknown
         // queue closes the channel it was probed on, and that churn stays away
         // from the consumers and the operations.
         let probe_slots = (options.channel_pool_size / 2).clamp(1, 8);
-        let probe_connections =
-            Connections::new(&options.url, format!("{name} probes"), 1, &options.tls)?;
+        let probe_connections = Connections::new(&nodes, format!("{name} probes"), 1)?;
         let topology = Topology::new(
             options.exchange.clone(),
             options.exchange_type,
@@ -96,6 +93,7 @@ impl AmqpBroker {
                 connections.clone(),
             ),
             consumers: ConsumerRegistry::new(options.consumer_linger),
+            name,
             options,
             connections,
             ops,
@@ -113,6 +111,88 @@ impl AmqpBroker {
             inner.stop.clone(),
         ));
         Ok(AmqpBroker { inner })
+    }
+}
+
+/// Attempts of an operation that failed because its connection went away.
+const NODE_LOSS_ATTEMPTS: usize = 4;
+
+impl AmqpBroker {
+    /// Runs `op`, and again when it failed because its connection went away
+    /// while the broker is still usable (another connection, or another node,
+    /// serves), or because RabbitMQ nacked a publish (a queue it was routed to
+    /// went down with its node before confirming it): a node lost under a
+    /// declare or a publish costs its caller a short wait here, not an error.
+    /// Each operation is safe to repeat: a declare or a bind again changes
+    /// nothing, a delete finds the queue gone, and a publish goes again with
+    /// its message id, by which clients drop the copy that queues which did
+    /// take the first one now hold twice.
+    async fn through_node_loss<T, F, Fut>(&self, op: F) -> Result<T, BrokerError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BrokerError>>,
+    {
+        let mut backoff =
+            Backoff::new(Duration::from_millis(50), Duration::from_millis(500)).with_jitter();
+        let mut attempts = 1;
+        loop {
+            match op().await {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        BrokerErrorKind::Unavailable | BrokerErrorKind::Nacked
+                    ) && attempts < NODE_LOSS_ATTEMPTS
+                        && self.inner.link.connectivity() == Connectivity::Connected
+                        && !self.inner.stop.is_cancelled() =>
+                {
+                    tracing::debug!(error = %e, "connection lost under an operation; again");
+                    attempts += 1;
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn publish_once(&self, message: &OutgoingMessage) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let topology = &inner.topology;
+        let routing_key = short(&message.routing_key)?;
+        let exchange = short(topology.exchange())?;
+        let properties = publish_properties(message)?;
+        topology
+            .with_exchange(|| {
+                let (exchange, routing_key, properties) =
+                    (exchange.clone(), routing_key.clone(), properties.clone());
+                let body = &message.body;
+                async move {
+                    let ch = op_channel(&inner.ops, &inner.metrics).await?;
+                    let confirm = ch
+                        .basic_publish(
+                            exchange,
+                            routing_key,
+                            BasicPublishOptions::default(),
+                            body,
+                            properties,
+                        )
+                        .await
+                        .map_err(|e| from_lapin_on(&e, &[topology.exchange()]))?
+                        .await
+                        .map_err(|e| from_lapin_on(&e, &[topology.exchange()]))?;
+                    ch.done();
+                    match confirm {
+                        Confirmation::Ack(_) | Confirmation::NotRequested => {
+                            inner.metrics.events_published.inc();
+                            Ok(())
+                        }
+                        Confirmation::Nack(_) => Err(BrokerError::new(
+                            BrokerErrorKind::Nacked,
+                            "the broker did not accept the message",
+                        )),
+                    }
+                }
+            })
+            .await
     }
 }
 
@@ -186,59 +266,25 @@ impl Broker for AmqpBroker {
         queue: &str,
         event_keys: &[String],
     ) -> Result<(), BrokerError> {
-        self.inner
-            .topology
-            .declare_subscription(queue, event_keys)
+        let topology = &self.inner.topology;
+        self.through_node_loss(|| topology.declare_subscription(queue, event_keys))
             .await
     }
 
     async fn add_bindings(&self, queue: &str, event_keys: &[String]) -> Result<(), BrokerError> {
-        self.inner.topology.add_bindings(queue, event_keys).await
+        let topology = &self.inner.topology;
+        self.through_node_loss(|| topology.add_bindings(queue, event_keys))
+            .await
     }
 
     async fn delete_subscription(&self, queue: &str) -> Result<(), BrokerError> {
-        self.inner.topology.delete_queue(queue).await
+        let topology = &self.inner.topology;
+        self.through_node_loss(|| topology.delete_queue(queue))
+            .await
     }
 
     async fn publish(&self, message: OutgoingMessage) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        let topology = &inner.topology;
-        let routing_key = short(&message.routing_key)?;
-        let exchange = short(topology.exchange())?;
-        let properties = publish_properties(&message)?;
-        topology
-            .with_exchange(|| {
-                let (exchange, routing_key, properties) =
-                    (exchange.clone(), routing_key.clone(), properties.clone());
-                let body = &message.body;
-                async move {
-                    let ch = op_channel(&inner.ops, &inner.metrics).await?;
-                    let confirm = ch
-                        .basic_publish(
-                            exchange,
-                            routing_key,
-                            BasicPublishOptions::default(),
-                            body,
-                            properties,
-                        )
-                        .await
-                        .map_err(|e| from_lapin_on(&e, &[topology.exchange()]))?
-                        .await
-                        .map_err(|e| from_lapin_on(&e, &[topology.exchange()]))?;
-                    ch.done();
-                    match confirm {
-                        Confirmation::Ack(_) | Confirmation::NotRequested => {
-                            inner.metrics.events_published.inc();
-                            Ok(())
-                        }
-                        Confirmation::Nack(_) => Err(BrokerError::new(
-                            BrokerErrorKind::Nacked,
-                            "the broker did not accept the message",
-                        )),
-                    }
-                }
-            })
-            .await
+        self.through_node_loss(|| self.publish_once(&message)).await
     }
 
     fn connectivity(&self) -> Connectivity {
@@ -246,7 +292,8 @@ impl Broker for AmqpBroker {
     }
 
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
-        self.inner.topology.queue_stats(queue).await
+        let topology = &self.inner.topology;
+        self.through_node_loss(|| topology.queue_stats(queue)).await
     }
 
     async fn close(&self) {

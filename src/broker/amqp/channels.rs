@@ -198,6 +198,32 @@ async fn checkout(pool: &OpChannelPool) -> (Result<OpChannel, BrokerError>, std:
     (got.map(|object| OpChannel(Some(object))), started.elapsed())
 }
 
+/// Opens what is missing of the pool (replacing closed channels) and hands
+/// every channel back, in the order opened. The pool hands its channels out
+/// first in, first out, so operations then take turns over channels opened in
+/// turn on each connection — on each node, when the connections are spread
+/// over several: RabbitMQ places a queue on the node of the connection that
+/// declares it, and a pool left to grow on demand would declare nearly every
+/// queue through its first channel.
+///
+/// Takes only what is free at once: a channel in use is not waited for
+/// (operations would queue behind the fill), and the supervisor comes back
+/// next round for what it could not reach.
+pub(crate) async fn fill(pool: &OpChannelPool) {
+    let size = pool.status().max_size;
+    let at_once = managed::Timeouts {
+        wait: Some(std::time::Duration::ZERO),
+        ..pool.timeouts()
+    };
+    let mut held = Vec::with_capacity(size);
+    while held.len() < size {
+        match pool.timeout_get(&at_once).await {
+            Ok(channel) => held.push(channel),
+            Err(_) => break,
+        }
+    }
+}
+
 pub(crate) fn record_pool_status(pool: &OpChannelPool, metrics: &Metrics) {
     let status = pool.status();
     metrics.channel_pool_size.set(status.size as i64);
@@ -288,16 +314,18 @@ mod tests {
     use lapin::types::FieldTable;
 
     use super::*;
+    use crate::broker::amqp::connections::Nodes;
     use crate::config::{BrokerTls, BrokerUrl};
 
     fn rabbitmq() -> Connections {
         let url = std::env::var("LONGPOLL_TEST_AMQP_URL")
             .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-        let Ok(BrokerUrl::Amqp(url)) = BrokerUrl::parse(&url) else {
+        let Ok(BrokerUrl::Amqp(urls)) = BrokerUrl::parse(&url) else {
             panic!("LONGPOLL_TEST_AMQP_URL is not an AMQP URL");
         };
-        Connections::new(&url, "channels test".into(), 1, &BrokerTls::default())
-            .expect("a connection pool")
+        let nodes =
+            Nodes::new(&urls, &BrokerTls::default(), Arc::new(Metrics::new())).expect("nodes");
+        Connections::new(&nodes, "channels test".into(), 1).expect("a connection pool")
     }
 
     #[test]

@@ -12,6 +12,12 @@ use crate::broker::{BrokerError, BrokerErrorKind};
 /// (connection) errors — 320 CONNECTION_FORCED, 541 INTERNAL_ERROR and the
 /// rest — and transport failures mean "the connection is gone, try again".
 pub(crate) fn from_lapin(e: &lapin::Error) -> BrokerError {
+    if let LapinKind::ProtocolError(amqp) = e.kind()
+        && amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+        && amqp.get_message().as_str().contains(HOME_NODE_DOWN)
+    {
+        return BrokerError::new(BrokerErrorKind::NotFound, format!("{QUEUE_NODE_DOWN}: {e}"));
+    }
     let kind = match e.kind() {
         LapinKind::ProtocolError(amqp) => match amqp.kind() {
             AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => BrokerErrorKind::NotFound,
@@ -34,6 +40,21 @@ pub(crate) fn from_lapin(e: &lapin::Error) -> BrokerError {
         _ => BrokerErrorKind::Internal,
     };
     BrokerError::new(kind, e.to_string())
+}
+
+/// How RabbitMQ ends the NOT_FOUND of a classic queue whose node is down:
+/// `home node 'rabbit@n2' of durable queue 'q' in vhost '/' is down or inaccessible`.
+const HOME_NODE_DOWN: &str = "is down or inaccessible";
+
+/// How [`from_lapin`] words that NOT_FOUND, for [`is_queue_node_down`].
+const QUEUE_NODE_DOWN: &str = "the queue's node is down";
+
+/// The queue exists but lives on a node that is down (a classic queue lives on
+/// one node). It is `NotFound` all the same — the subscription is gone for its
+/// client, which resumes on a new one — but not *missing*: the node may come
+/// back with it, so it must not be remembered as missing.
+pub(crate) fn is_queue_node_down(e: &BrokerError) -> bool {
+    e.kind() == BrokerErrorKind::NotFound && e.to_string().contains(QUEUE_NODE_DOWN)
 }
 
 /// [`from_lapin`] for an operation on the named entities (queue, exchange): a
@@ -61,11 +82,12 @@ pub(crate) fn from_lapin_on(e: &lapin::Error, names: &[&str]) -> BrokerError {
     }
 }
 
-/// The name in RabbitMQ's `NOT_FOUND - no queue 'name' in vhost '/'`.
+/// The name in RabbitMQ's `NOT_FOUND - no queue 'name' in vhost '/'` (or
+/// `… of durable queue 'name' …`, or `no exchange 'name'`).
 fn quoted_name(message: &str) -> Option<String> {
     let start = message
-        .find("no queue '")
-        .map(|i| i + "no queue '".len())
+        .find("queue '")
+        .map(|i| i + "queue '".len())
         .or_else(|| {
             message
                 .find("no exchange '")
@@ -126,6 +148,45 @@ mod tests {
             quoted_name("NOT_FOUND - no exchange 'ex' in vhost '/'").as_deref(),
             Some("ex")
         );
+        assert_eq!(
+            quoted_name(
+                "NOT_FOUND - home node 'rabbit@n2' of durable queue 'longpoll.subscribe.y' \
+                 in vhost '/' is down or inaccessible"
+            )
+            .as_deref(),
+            Some("longpoll.subscribe.y")
+        );
         assert_eq!(quoted_name("something else"), None);
+    }
+
+    fn not_found(text: &str) -> lapin::Error {
+        lapin::ErrorKind::ProtocolError(lapin::protocol::AMQPError::new(
+            AMQPSoftError::NOTFOUND.into(),
+            text.into(),
+        ))
+        .into()
+    }
+
+    #[test]
+    fn a_queue_whose_node_is_down_is_not_found_but_not_missing() {
+        let down = from_lapin_on(
+            &not_found(
+                "NOT_FOUND - home node 'rabbit@n2' of durable queue 'q' in vhost '/' is down or inaccessible",
+            ),
+            &["q"],
+        );
+        assert_eq!(down.kind(), BrokerErrorKind::NotFound);
+        assert!(is_queue_node_down(&down), "{down}");
+        let missing = from_lapin_on(&not_found("NOT_FOUND - no queue 'q' in vhost '/'"), &["q"]);
+        assert_eq!(missing.kind(), BrokerErrorKind::NotFound);
+        assert!(!is_queue_node_down(&missing), "{missing}");
+        // Another queue's node, on a channel shared by mistake: not ours.
+        let other = from_lapin_on(
+            &not_found(
+                "NOT_FOUND - home node 'rabbit@n2' of durable queue 'other' in vhost '/' is down or inaccessible",
+            ),
+            &["q"],
+        );
+        assert_eq!(other.kind(), BrokerErrorKind::ChannelClosed);
     }
 }

@@ -1,11 +1,15 @@
 //! The broker's two background tasks and the connectivity they publish.
 //!
-//! - [`supervise`] keeps a connection usable: it checks one out of the pool
-//!   (deadpool's recycle check drops a dead one and opens another: the one
-//!   reconnection strategy here, lapin's auto-recovery stays off because the
-//!   two fight each other), retries with [`Backoff`] while the broker is
-//!   unreachable, and publishes the result as [`Connectivity`] (`/readyz`, and
-//!   what held polls wait on).
+//! - [`supervise`] keeps the connections usable: once a second, and at once
+//!   when a connection is lost, it fills the pool (deadpool's recycle check
+//!   drops a dead connection and a fresh one is opened on a node that answers:
+//!   the one reconnection strategy here, lapin's auto-recovery stays off because
+//!   the two fight each other), checks in the background the nodes that were
+//!   left, moves a connection to a node that came back, retries with
+//!   [`Backoff`] while no node can be reached, and publishes the result as
+//!   [`Connectivity`] (`/readyz`, `longpoll_broker_connected`, and what held
+//!   polls wait on). The broker is usable while a connection to any one of its
+//!   nodes is: losing a node of several is not losing the broker.
 //! - [`reap_idle_consumers`] cancels the consumers whose client did not come
 //!   back within the linger after a delivery.
 //!
@@ -16,7 +20,6 @@ use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -92,7 +95,7 @@ impl Link {
             }
         });
         if changed {
-            tracing::warn!(reason = why, "broker connection lost; reconnecting");
+            tracing::warn!(reason = why, "no broker node can be reached; reconnecting");
         }
         metrics.broker_connected.set(0);
     }
@@ -106,60 +109,63 @@ impl Link {
     }
 }
 
-/// The connection is gone: held polls wait, and the exchange is checked again
+/// No node can be reached: held polls wait, and the exchange is checked again
 /// on the next connection.
 fn mark_lost(inner: &Inner, why: &str) {
     inner.link.mark_disconnected(why, &inner.metrics);
     inner.topology.forget_exchange();
 }
 
-/// Keeps a connection usable: reconnects with backoff and publishes connectivity.
+/// How often a connection may be moved to a node that holds fewer: each move
+/// ends the consumers on the connection moved (their polls carry on).
+const REBALANCE_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps the connections usable: reconnects with backoff, tries the nodes
+/// that were left again, spreads the connections, and publishes connectivity.
 pub(crate) async fn supervise(inner: Weak<Inner>, stop: CancellationToken) {
     let mut backoff =
         Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).with_jitter();
     let mut warned = false;
+    let mut last_move = Instant::now();
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let attempt = strong.connections.get().await;
-        let wait = match attempt {
-            Ok(conn) if conn.status().connected() => {
-                let mut events = conn.events_listener();
-                let status = conn.status().clone();
-                drop(conn);
+        let wait = match strong.connections.fill().await {
+            Ok(_) => {
                 backoff.reset();
                 warned = false;
                 strong.link.mark_connected(&strong.metrics);
+                let nodes = strong.connections.nodes().clone();
+                if nodes.len() > 1 {
+                    channels::fill(&strong.ops).await;
+                }
                 channels::record_pool_status(&strong.ops, &strong.metrics);
+                nodes.check_due(&strong.name);
+                if last_move.elapsed() >= REBALANCE_EVERY
+                    && strong.connections.rebalance().is_some()
+                {
+                    last_move = Instant::now();
+                }
                 drop(strong);
-                // Wake at once when the connection fails (lapin also reports
-                // channel errors, such as a probe's 404, as events: those leave
-                // the connection up); check again every second anyway.
-                let error = async {
-                    while let Some(event) = events.next().await {
-                        if matches!(event, lapin::Event::Error(_)) && !status.connected() {
-                            return;
-                        }
-                    }
-                    std::future::pending::<()>().await
-                };
                 tokio::select! {
-                    _ = error => {
-                        // Mark the loss now: the pool may replace the connection
-                        // within the next get(), and the reconnect must still be seen.
+                    _ = nodes.connection_lost() => {
                         if let Some(strong) = inner.upgrade() {
-                            mark_lost(&strong, "connection error");
+                            if nodes.up().is_empty() {
+                                // The last node that served is gone: say so now,
+                                // before the reconnect below (which may take a while).
+                                mark_lost(&strong, "connection lost");
+                            } else {
+                                // Its node may come back reset: check the
+                                // exchange before the next operation.
+                                strong.topology.forget_exchange();
+                            }
                         }
                     }
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.cancelled() => return,
                 }
                 continue;
-            }
-            Ok(_) => {
-                mark_lost(&strong, "connection not usable");
-                backoff.next_delay()
             }
             Err(e) => {
                 if !warned {

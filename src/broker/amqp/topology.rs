@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 
 use super::channels::{self, OpChannelPool, op_channel, probe_channel};
 use super::connections::Connections;
-use super::errors::{from_lapin_on, short};
+use super::errors::{from_lapin_on, is_queue_node_down, short};
 use super::negative_cache::{NEGATIVE_CAPACITY, NEGATIVE_TTL, NegativeCache};
 use crate::broker::{BrokerError, BrokerErrorKind, QueueStats};
 use crate::config::ExchangeType;
@@ -211,9 +211,10 @@ impl Topology {
                 _ => break,
             }
         }
+        // A queue whose node is down is not remembered: the node may come back.
         if result
             .as_ref()
-            .is_err_and(|e| e.kind() == BrokerErrorKind::NotFound)
+            .is_err_and(|e| e.kind() == BrokerErrorKind::NotFound && !is_queue_node_down(e))
         {
             self.missing.insert(queue);
         }
