@@ -8,6 +8,7 @@
 //! | `connections` | the pooled AMQP connections (one deadpool manager, plain and TLS) |
 //! | `channels` | exclusive operation channels (pooled) and shared consumer channels |
 //! | `topology` | the exchange and the subscription queues: probe, declare, bind, delete |
+//! | `history` | the history stream (declare, bind, read) and resuming a subscription from it |
 //! | `consumers` | one consumer per polled queue, its start, linger and cancel |
 //! | `delivery` | message properties both ways, lapin delivery → [`Delivery`], ack/requeue |
 //! | `supervisor` | reconnecting with backoff, connectivity, the idle-consumer reaper |
@@ -25,6 +26,7 @@ mod connections;
 mod consumers;
 mod delivery;
 mod errors;
+mod history;
 pub mod negative_cache;
 mod supervisor;
 mod topology;
@@ -33,6 +35,7 @@ use std::time::Duration;
 
 pub use self::broker::AmqpBroker;
 pub use self::delivery::TIMESTAMP_MS_HEADER;
+use crate::broker::HistoryOptions;
 use crate::config::{BrokerTls, ExchangeType, SecretUrl, Settings};
 
 /// How the RabbitMQ broker is used.
@@ -51,6 +54,8 @@ pub struct AmqpOptions {
     pub consumer_linger: Duration,
     /// TLS material and credential files.
     pub tls: BrokerTls,
+    /// The history stream; `None`: no history.
+    pub history: Option<HistoryOptions>,
 }
 
 impl AmqpOptions {
@@ -66,6 +71,7 @@ impl AmqpOptions {
             ),
             consumer_linger: Duration::from_secs(10),
             tls: s.broker_tls.clone(),
+            history: HistoryOptions::from_settings(s),
         }
     }
 }
