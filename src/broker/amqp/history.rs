@@ -777,14 +777,19 @@ async fn peek_ids(
             .map_err(|e| from_lapin_on(&e, &[queue]))?;
         let mut present = HashSet::new();
         let mut read = 0u64;
+        // Everything that was there, then whatever arrives within the settle
+        // time: the queue is bound and live events keep coming, so a
+        // deadline, not an idle time.
+        let mut settled_by = None;
         while present.len() < wanted.len() {
-            // Everything that was there, then whatever is still on its way.
-            let limit = if read < ready {
-                READ_IDLE_LIMIT
-            } else {
-                PEEK_SETTLE
+            if read >= ready && settled_by.is_none() {
+                settled_by = Some(tokio::time::Instant::now() + PEEK_SETTLE);
+            }
+            let next = match settled_by {
+                None => tokio::time::timeout(READ_IDLE_LIMIT, consumer.next()).await,
+                Some(deadline) => tokio::time::timeout_at(deadline, consumer.next()).await,
             };
-            let Ok(next) = tokio::time::timeout(limit, consumer.next()).await else {
+            let Ok(next) = next else {
                 break;
             };
             let delivery = match next {
