@@ -21,16 +21,17 @@
 //! still have to go in before them, so the only safe order is: fill, then
 //! bind, then check what was published while binding.
 //!
-//! 1. Declare Q, unbound. Publish a *fence* (a message with the
-//!    `x-longpoll-fence` header) straight into the stream and read the stream
-//!    up to it: find A (by message id, computed as the poll computes it); none
-//!    → a gap: Q is bound as usual and nothing is replayed. The events after A
+//! 1. Publish a *fence* (a message with the `x-longpoll-fence` header)
+//!    straight into the stream and read the stream up to it: find A (by
+//!    message id, computed as the poll computes it); none → a gap: Q is
+//!    declared and bound as usual and nothing is replayed. The events after A
 //!    that K routes are R, each once, in stream order.
-//! 2. Publish R into Q (default exchange; the events' own properties, so
-//!    their message ids, timestamps and trace context are kept), confirmed.
-//!    Catch up: another fence, the matching events published meanwhile into Q
-//!    too, until a round finds none — the window left for step 3 to race is
-//!    one fence's round trip instead of the whole read.
+//! 2. Declare Q, unbound, and publish R into it (default exchange; the
+//!    events' own properties, so their message ids, timestamps and trace
+//!    context are kept), confirmed. Catch up: another fence, the matching
+//!    events published meanwhile into Q too, until a round finds none (three
+//!    rounds at most) — the window left for step 3 to race is one round
+//!    instead of the whole read.
 //! 3. Bind Q to K. A last fence; W = the matching events between the two.
 //! 4. W empty: done. Otherwise each of W reached Q through the binding, or was
 //!    routed just before it and is missing: peek at Q (consume without
