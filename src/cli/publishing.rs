@@ -54,17 +54,19 @@ pub struct Target {
         default_value = "topic"
     )]
     pub exchange_type: String,
-    /// The history stream (with `--broker`): declared if absent and bound to
-    /// the exchange, as the gateway does, so that what is published is in
-    /// the history; `subscribe --resume-after` reads it.
+    /// The history stream (with `--broker`; default `longpoll.history`):
+    /// declared if absent and bound to the exchange, as the gateway does, so
+    /// that what is published is in the history; `subscribe --resume-after` reads it.
     #[arg(long, value_name = "NAME", env = "LONGPOLL_HISTORY_STREAM",
           value_parser = Setting(value::stream_name))]
     pub history_stream: Option<String>,
-    /// The history's reach when the stream must be declared (with `--broker`; `0` = no history).
+    /// The history's reach when the stream must be declared (with `--broker`;
+    /// default `1h`; `0` = no history).
     #[arg(long, value_name = "DURATION", env = "LONGPOLL_HISTORY_MAX_AGE",
           value_parser = Setting(value::history_max_age))]
     pub history_max_age: Option<Duration>,
-    /// The history's size bound when the stream must be declared (with `--broker`).
+    /// The history's size bound when the stream must be declared (with
+    /// `--broker`; default `1GB`).
     #[arg(long, value_name = "BYTES", env = "LONGPOLL_HISTORY_MAX_BYTES",
           value_parser = Setting(value::byte_size))]
     pub history_max_bytes: Option<u64>,
