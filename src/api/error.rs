@@ -42,6 +42,8 @@ impl From<PublishError> for ApiError {
             PublishError::NotAnObject => ApiError::Unprocessable(e.to_string()),
             PublishError::MalformedJson(why) => ApiError::BadJson(why),
             PublishError::UnknownSubscription => ApiError::UnknownSubscription,
+            PublishError::InvalidResumeAfter(why) => ApiError::BadRequest(why),
+            PublishError::NoHistory => ApiError::BadRequest(e.to_string()),
             PublishError::Broker(b) => ApiError::Broker(b),
         }
     }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! POST   /api/v1/subscriptions                {"event_keys": [...]} → 201 {"key", "uri"}
+//!                                              + "resume_after": id → 201 {"key", "uri", "resumed", "gap"}
 //! POST   /api/v1/subscriptions/{key}/bindings {"event_keys": [...]} → 204
 //! DELETE /api/v1/subscriptions/{key}                                → 204
 //! POST   /api/v1/events/{event_key}           {...}                 → 202 {"event_key", "message_id"}
@@ -29,7 +30,7 @@ use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
 pub use error::ApiError;
 
 use crate::config::ApiToken;
-use crate::publish::{Publisher, Subscription};
+use crate::publish::{Publisher, ResumedSubscription, Subscription};
 
 /// Largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -149,6 +150,16 @@ struct EventKeys {
     event_keys: Vec<String>,
 }
 
+/// `POST /api/v1/subscriptions`: the keys, and the message to resume after.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSubscription {
+    event_keys: Vec<String>,
+    /// The id of the last message the page received (`null` = none).
+    #[serde(default)]
+    resume_after: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 struct Emitted {
     event_key: String,
@@ -175,8 +186,28 @@ fn poll_uri(state: &ApiState, headers: &HeaderMap) -> String {
 async fn create_subscription(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<EventKeys>,
+    JsonBody(body): JsonBody<NewSubscription>,
 ) -> Result<Response, ApiError> {
+    if let Some(after) = &body.resume_after {
+        let resumed = state
+            .publisher
+            .subscribe_resuming(&body.event_keys, after)
+            .await?;
+        tracing::info!(
+            key_hash = %crate::telemetry::key_hash(&resumed.key),
+            event_keys = body.event_keys.len(),
+            resumed = resumed.resumed,
+            gap = resumed.gap,
+            "subscription resumed"
+        );
+        let subscription = ResumedSubscription {
+            key: resumed.key,
+            uri: poll_uri(&state, &headers),
+            resumed: resumed.resumed,
+            gap: resumed.gap,
+        };
+        return Ok((StatusCode::CREATED, Json(subscription)).into_response());
+    }
     let key = state.publisher.subscribe(&body.event_keys).await?;
     tracing::info!(
         key_hash = %crate::telemetry::key_hash(&key),

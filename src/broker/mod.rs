@@ -10,6 +10,11 @@
 //! a queue has at most one unacked message per replica (prefetch 1); a message
 //! that is neither acked nor kept goes back to its queue at its place; a
 //! redelivered message says so and keeps its message id.
+//!
+//! Both also keep a bounded **history** of published events (a RabbitMQ
+//! stream, or memory) from which [`Broker::resume_subscription`] fills a new
+//! subscription: every retained event for its keys published after a given
+//! message, in order, then the live ones, without a duplicate.
 
 pub mod amqp;
 pub mod memory;
@@ -23,8 +28,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use amqp::AmqpBroker;
-pub use memory::MemoryBroker;
-pub use message_id::derive_message_id;
+pub use memory::{MemoryBroker, binding_matches};
+pub use message_id::{derive_message_id, new_message_id, uuid_v7_time};
 
 use crate::config::{BrokerUrl, Settings};
 use crate::telemetry::Metrics;
@@ -267,6 +272,57 @@ pub struct QueueStats {
     pub consumers: u64,
 }
 
+/// The history a resume reads (`--history-*`); `None` in the options of a
+/// broker without one (`--history-max-age 0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryOptions {
+    /// RabbitMQ: the stream's name.
+    pub stream: String,
+    /// How far back a resume can reach (RabbitMQ keeps whole segments, so a
+    /// stream may reach further).
+    pub max_age: Duration,
+    /// Size bound: the stream's retention, or the embedded broker's memory for it.
+    pub max_bytes: u64,
+    /// RabbitMQ: `x-initial-cluster-size` of a stream this gateway declares
+    /// (`None`: RabbitMQ's default). An existing stream is used as it is.
+    pub initial_cluster_size: Option<u32>,
+}
+
+impl HistoryOptions {
+    /// The history the settings ask for, or `None` when it is off.
+    pub fn from_settings(s: &Settings) -> Option<Self> {
+        s.history.enabled().then(|| HistoryOptions {
+            stream: s.history.stream.clone(),
+            max_age: s.history.max_age,
+            max_bytes: s.history.max_bytes,
+            initial_cluster_size: None,
+        })
+    }
+}
+
+/// What a resumed subscription got from the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeOutcome {
+    /// Events replayed into the new queue ahead of the live ones.
+    pub resumed: u64,
+    /// The history does not reach back to the message (or never had it, or
+    /// holds more than [`MAX_RESUME_EVENTS`] since): nothing was replayed.
+    pub gap: bool,
+}
+
+impl ResumeOutcome {
+    pub(crate) const GAP: ResumeOutcome = ResumeOutcome {
+        resumed: 0,
+        gap: true,
+    };
+}
+
+/// Most events one resume replays. More than that since the client's last
+/// message is answered as a gap: a page that missed so much reloads its view
+/// faster than it polls them one by one, and the gateway never holds more
+/// than this many events for one resume.
+pub const MAX_RESUME_EVENTS: usize = 10_000;
+
 /// Whether the broker can be used now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Connectivity {
@@ -301,6 +357,23 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Deletes a subscription queue (`NotFound` if there is none).
     async fn delete_subscription(&self, queue: &str) -> Result<(), BrokerError>;
+
+    /// Whether this broker keeps a history of events to resume from.
+    fn keeps_history(&self) -> bool;
+
+    /// Declares a subscription queue bound to each event key, as
+    /// [`declare_subscription`](Broker::declare_subscription) does, filled
+    /// first, in publish order and without duplicates, with every retained
+    /// event for those keys published after the message whose id is `after`;
+    /// the live events follow. When the history does not hold `after`, the
+    /// queue is declared and bound with nothing replayed, and the outcome says
+    /// `gap`. `InvalidInput` when the broker keeps no history.
+    async fn resume_subscription(
+        &self,
+        queue: &str,
+        event_keys: &[String],
+        after: &str,
+    ) -> Result<ResumeOutcome, BrokerError>;
 
     /// Publishes one event; returns once the broker confirmed it.
     async fn publish(&self, message: OutgoingMessage) -> Result<(), BrokerError>;

@@ -28,7 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Hold browser long-polls on AMQP queues (the gateway itself).
     Serve(Box<ServeArgs>),
-    /// Create a subscription queue bound to event keys; prints {"key": ..., "uri": ...}.
+    /// Create a subscription queue bound to event keys; prints {"key": ..., "uri": ...}
+    /// (with --resume-after, also "resumed" and "gap").
     Subscribe(SubscribeArgs),
     /// Publish an event (a JSON object) under an event key.
     Emit(EmitArgs),

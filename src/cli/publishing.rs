@@ -11,8 +11,9 @@ use tracing::Instrument;
 
 use crate::broker::Broker;
 use crate::broker::amqp::{AmqpBroker, AmqpOptions};
+use crate::config::value::{self, Setting};
 use crate::config::{BrokerUrl, ExchangeType, Settings, parse_duration};
-use crate::publish::{Publisher, Subscription};
+use crate::publish::{Publisher, ResumedSubscription, Subscription};
 use crate::telemetry::Metrics;
 
 /// Where the command sends its request.
@@ -53,6 +54,22 @@ pub struct Target {
         default_value = "topic"
     )]
     pub exchange_type: String,
+    /// The history stream (with `--broker`; default `longpoll.history`):
+    /// declared if absent and bound to the exchange, as the gateway does, so
+    /// that what is published is in the history; `subscribe --resume-after` reads it.
+    #[arg(long, value_name = "NAME", env = "LONGPOLL_HISTORY_STREAM",
+          value_parser = Setting(value::stream_name))]
+    pub history_stream: Option<String>,
+    /// The history's reach when the stream must be declared (with `--broker`;
+    /// default `1h`; `0` = no history).
+    #[arg(long, value_name = "DURATION", env = "LONGPOLL_HISTORY_MAX_AGE",
+          value_parser = Setting(value::history_max_age))]
+    pub history_max_age: Option<Duration>,
+    /// The history's size bound when the stream must be declared (with
+    /// `--broker`; default `1GB`).
+    #[arg(long, value_name = "BYTES", env = "LONGPOLL_HISTORY_MAX_BYTES",
+          value_parser = Setting(value::byte_size))]
+    pub history_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -78,6 +95,10 @@ pub struct SubscribeArgs {
     /// The poll URI to print (with `--broker`; default `/`, the same origin).
     #[arg(long, value_name = "URL", env = "LONGPOLL_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Replay first every retained event for the keys published after this
+    /// message id (the last one the page received); prints `resumed` and `gap` too.
+    #[arg(long, value_name = "MESSAGE_ID")]
+    pub resume_after: Option<String>,
     /// Event keys to bind the subscription to.
     #[arg(required = true, value_name = "EVENT_KEY")]
     pub event_keys: Vec<String>,
@@ -171,11 +192,18 @@ fn base_settings(target: &Target) -> Result<Settings, CliError> {
             )));
         }
     };
-    Ok(Settings {
+    let mut settings = Settings {
         exchange: target.exchange.clone(),
         exchange_type,
         ..Settings::default()
-    })
+    };
+    let history = &mut settings.history;
+    if let Some(stream) = &target.history_stream {
+        history.stream = stream.clone();
+    }
+    history.max_age = target.history_max_age.unwrap_or(history.max_age);
+    history.max_bytes = target.history_max_bytes.unwrap_or(history.max_bytes);
+    Ok(settings)
 }
 
 async fn call_gateway(
@@ -228,43 +256,74 @@ fn describe(e: &reqwest::Error) -> String {
     last
 }
 
-/// `longpoll-gateway subscribe`: prints `{"key": ..., "uri": ...}`.
+/// `longpoll-gateway subscribe`: prints `{"key": ..., "uri": ...}`, and with
+/// `--resume-after` `{"key", "uri", "resumed", "gap"}`.
 pub async fn subscribe(args: SubscribeArgs) -> Result<(), CliError> {
     let mut settings = base_settings(&args.target)?;
     settings.queue_prefix = args.queue_prefix.clone();
     settings.subscription_expiry = parse_duration(&args.subscription_expiry)
         .map_err(|e| fail(format!("invalid --subscription-expiry: {e}")))?;
-    let subscription = match connect(&args.target, &settings)? {
+    let uri = args.public_url.clone().unwrap_or_else(|| "/".into());
+    let printed = match connect(&args.target, &settings)? {
         Via::Broker(broker) => {
             let publisher = Publisher::new(Arc::new(broker.clone()), settings.queue_prefix.clone());
-            let result = publisher.subscribe(&args.event_keys).await;
+            let printed = match &args.resume_after {
+                Some(after) => publisher
+                    .subscribe_resuming(&args.event_keys, after)
+                    .await
+                    .map(|r| {
+                        Printed::Resumed(ResumedSubscription {
+                            key: r.key,
+                            uri,
+                            resumed: r.resumed,
+                            gap: r.gap,
+                        })
+                    }),
+                None => publisher
+                    .subscribe(&args.event_keys)
+                    .await
+                    .map(|key| Printed::Plain(Subscription { key, uri })),
+            };
             broker.close().await;
-            Subscription {
-                key: result.map_err(|e| fail(e.to_string()))?,
-                uri: args.public_url.clone().unwrap_or_else(|| "/".into()),
-            }
+            printed.map_err(|e| fail(e.to_string()))?
         }
         Via::Gateway {
             base,
             token,
             client,
         } => {
+            let mut body = json!({ "event_keys": args.event_keys });
+            if let Some(after) = &args.resume_after {
+                body["resume_after"] = json!(after);
+            }
             let value = call_gateway(
                 &client,
                 &token,
                 format!("{base}/api/v1/subscriptions"),
-                &json!({ "event_keys": args.event_keys }),
+                &body,
             )
             .await?;
-            serde_json::from_value(value)
-                .map_err(|e| fail(format!("unexpected answer from the gateway: {e}")))?
+            let unexpected =
+                |e: serde_json::Error| fail(format!("unexpected answer from the gateway: {e}"));
+            // Read into the type of the answer expected, so that what is
+            // printed is that shape and nothing else.
+            if args.resume_after.is_some() {
+                Printed::Resumed(serde_json::from_value(value).map_err(unexpected)?)
+            } else {
+                Printed::Plain(serde_json::from_value(value).map_err(unexpected)?)
+            }
         }
     };
-    println!(
-        "{}",
-        serde_json::to_string(&subscription).unwrap_or_default()
-    );
+    println!("{}", serde_json::to_string(&printed).unwrap_or_default());
     Ok(())
+}
+
+/// What `subscribe` prints.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Printed {
+    Plain(Subscription),
+    Resumed(ResumedSubscription),
 }
 
 /// `longpoll-gateway emit`: prints `{"event_key": ..., "message_id": ...}`.

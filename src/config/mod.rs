@@ -40,7 +40,8 @@ pub mod value;
 pub use file::FileValues;
 pub use settings::{
     ApiToken, BrokerNodes, BrokerTls, BrokerUrl, ConnectionLimits, DEFAULT_CHANNEL_POOL_SIZE,
-    ExchangeType, LogFormat, MemoryLimits, SecretUrl, Settings, is_printable_ascii, redact_url,
+    ExchangeType, HistorySettings, LogFormat, MemoryLimits, SecretUrl, Settings,
+    is_printable_ascii, redact_url,
 };
 pub use value::parse_duration;
 use value::{Clearable, Setting};
@@ -156,6 +157,19 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", env = "LONGPOLL_MEMORY_MAX_QUEUES",
           value_parser = Setting(value::count))]
     pub memory_max_queues: Option<usize>,
+    /// RabbitMQ stream that keeps recent events for `resume_after`.
+    #[arg(long, value_name = "NAME", env = "LONGPOLL_HISTORY_STREAM",
+          value_parser = Setting(value::stream_name))]
+    pub history_stream: Option<String>,
+    /// How far back a resume can reach; `0` = no history (`resume_after` is refused).
+    #[arg(long, value_name = "DURATION", env = "LONGPOLL_HISTORY_MAX_AGE",
+          value_parser = Setting(value::history_max_age))]
+    pub history_max_age: Option<Duration>,
+    /// Size bound of the history: the stream's retention on RabbitMQ, the
+    /// memory it may take on the embedded broker (`1GB`, `500MB`, `2GiB`, bytes).
+    #[arg(long, value_name = "BYTES", env = "LONGPOLL_HISTORY_MAX_BYTES",
+          value_parser = Setting(value::byte_size))]
+    pub history_max_bytes: Option<u64>,
     /// Time a client has to send a request head; also the idle keep-alive limit.
     #[arg(long, value_name = "DURATION", env = "LONGPOLL_HEADER_READ_TIMEOUT",
           value_parser = Setting(value::duration))]
@@ -258,6 +272,11 @@ impl ServeArgs {
                     .memory_max_messages_per_queue
                     .unwrap_or(d.memory.max_messages_per_queue),
                 max_queues: self.memory_max_queues.unwrap_or(d.memory.max_queues),
+            },
+            history: HistorySettings {
+                stream: self.history_stream.unwrap_or(d.history.stream),
+                max_age: self.history_max_age.unwrap_or(d.history.max_age),
+                max_bytes: self.history_max_bytes.unwrap_or(d.history.max_bytes),
             },
             limits: ConnectionLimits {
                 header_read_timeout: self
@@ -362,6 +381,10 @@ mod tests {
         assert_eq!(s.replay_ttl, Duration::from_secs(300));
         assert!(s.api_token.is_none());
         assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.history.stream, "longpoll.history");
+        assert_eq!(s.history.max_age, Duration::from_secs(3600));
+        assert_eq!(s.history.max_bytes, 1_000_000_000);
+        assert!(s.history.enabled());
         assert_eq!(format!("{s:?}"), format!("{:?}", Settings::default()));
     }
 
@@ -458,6 +481,9 @@ mod tests {
             ("drain-timeout", "1s"),
             ("memory-max-messages-per-queue", "1"),
             ("memory-max-queues", "1"),
+            ("history-stream", "other.history"),
+            ("history-max-age", "0"),
+            ("history-max-bytes", "1MB"),
             ("header-read-timeout", "1s"),
             ("max-connections", "1"),
             ("max-header-bytes", "9000"),
@@ -516,6 +542,9 @@ mod tests {
             ("cors-origin", "example.com"),
             ("broker-ca-file", "/nonexistent/ca.pem"),
             ("broker-tls-server-name", "not a name"),
+            ("history-stream", "amq.history"),
+            ("history-max-age", "500ms"),
+            ("history-max-bytes", "1XB"),
         ] {
             let err = serve(&[&format!("--{flag}"), bad]).unwrap_err();
             let prefix = format!("invalid --{flag} (or {}): ", env_name(flag));

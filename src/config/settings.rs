@@ -339,6 +339,24 @@ pub struct MemoryLimits {
     pub max_queues: usize,
 }
 
+/// The history of published events that `resume_after` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistorySettings {
+    /// RabbitMQ: the stream's name.
+    pub stream: String,
+    /// How far back a resume can reach; zero = no history.
+    pub max_age: Duration,
+    /// Size bound: the stream's retention, or the embedded broker's memory for it.
+    pub max_bytes: u64,
+}
+
+impl HistorySettings {
+    /// Whether there is a history at all (`--history-max-age` above 0).
+    pub fn enabled(&self) -> bool {
+        !self.max_age.is_zero()
+    }
+}
+
 /// Files for the broker connection: TLS material and credentials.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BrokerTls {
@@ -382,6 +400,7 @@ pub struct Settings {
     pub cors_origins: Vec<String>,
     pub drain_timeout: Duration,
     pub memory: MemoryLimits,
+    pub history: HistorySettings,
     pub limits: ConnectionLimits,
     pub broker_tls: BrokerTls,
     /// Lines about the configuration to log once logging is up (keys of a
@@ -418,6 +437,11 @@ impl Default for Settings {
             memory: MemoryLimits {
                 max_messages_per_queue: 1_000,
                 max_queues: 100_000,
+            },
+            history: HistorySettings {
+                stream: "longpoll.history".into(),
+                max_age: Duration::from_secs(3600),
+                max_bytes: 1_000_000_000,
             },
             limits: ConnectionLimits {
                 header_read_timeout: Duration::from_secs(10),

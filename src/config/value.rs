@@ -131,6 +131,62 @@ pub fn exchange(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// A queue (stream) name: 1 to 255 bytes, not in RabbitMQ's reserved `amq.` space.
+pub fn stream_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 255 {
+        return Err("must be 1 to 255 bytes".into());
+    }
+    if text.starts_with("amq.") {
+        return Err("names starting with amq. are reserved by RabbitMQ".into());
+    }
+    Ok(text.to_owned())
+}
+
+/// The history's reach: `0` (no history) or at least a second (RabbitMQ's
+/// `x-max-age` counts in whole seconds).
+pub fn history_max_age(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if !d.is_zero() && d < Duration::from_secs(1) {
+        return Err("must be 0 (no history) or at least 1s".into());
+    }
+    Ok(d)
+}
+
+/// A size in bytes: a bare number, or with a unit as RabbitMQ writes them —
+/// `kB`/`MB`/`GB`/`TB` (powers of 1000) or `KiB`/`MiB`/`GiB`/`TiB` (of 1024).
+/// Greater than 0.
+pub fn byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 1GB, 500MB or 1048576"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+            ));
+        }
+    };
+    match number.checked_mul(scale) {
+        Some(0) => Err("must be greater than 0".into()),
+        Some(bytes) => Ok(bytes),
+        None => Err("too large".into()),
+    }
+}
+
 pub fn exchange_type(text: &str) -> Result<ExchangeType, String> {
     match text {
         "topic" => Ok(ExchangeType::Topic),
@@ -235,6 +291,24 @@ mod tests {
         assert!(channel_pool_size("2001").is_err());
         assert!(max_header_bytes("8191").is_err());
         assert_eq!(http2_max_streams("5000000000").unwrap_err(), "too large");
+    }
+
+    #[test]
+    fn history_settings_read_rabbitmq_style_values() {
+        assert_eq!(byte_size("1GB").unwrap(), 1_000_000_000);
+        assert_eq!(byte_size("500 MB").unwrap(), 500_000_000);
+        assert_eq!(byte_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(byte_size("1048576").unwrap(), 1_048_576);
+        assert_eq!(byte_size("0").unwrap_err(), "must be greater than 0");
+        assert!(byte_size("1XB").is_err());
+        assert!(byte_size("GB").is_err());
+        assert!(byte_size("99999999999TB").is_err());
+        assert_eq!(history_max_age("0").unwrap(), Duration::ZERO);
+        assert_eq!(history_max_age("1h").unwrap(), Duration::from_secs(3600));
+        assert!(history_max_age("500ms").is_err());
+        assert!(stream_name("amq.history").is_err());
+        assert!(stream_name("").is_err());
+        assert_eq!(stream_name("longpoll.history").unwrap(), "longpoll.history");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Mirrors Launchpad's server-side design (`LongPollEvent.emit`, `subscribe`,
 //! the Storm life-cycle bridge, `capture_longpoll_emissions`):
 //!
-//! - [`Publisher`]: subscribe / add bindings / unsubscribe / emit, on any [`Broker`];
+//! - [`Publisher`]: subscribe (or resume after a message) / add bindings /
+//!   unsubscribe / emit, on any [`Broker`];
 //! - [`LongPollEvent`]: an event with an `event_key`, emitted through a publisher;
 //! - [`lifecycle`]: `longpoll.event.{table}.{id}` events with `"what"`;
 //! - [`capture_emissions`]: records emissions inside a scope instead of publishing.
@@ -23,7 +24,9 @@ use serde_json::{Map, Value};
 pub use capture::{EventRecord, capture_emissions};
 pub use lifecycle::{LifecycleEvent, ModelChange};
 
-use crate::broker::{Broker, BrokerError, BrokerErrorKind, OutgoingMessage, validate_event_key};
+use crate::broker::{
+    Broker, BrokerError, BrokerErrorKind, OutgoingMessage, new_message_id, validate_event_key,
+};
 use crate::telemetry::traces;
 
 /// Most event keys one subscription request may carry.
@@ -37,6 +40,31 @@ pub struct Subscription {
     /// The poll URI handed to the browser (`LP.cache.longpoll.uri`).
     pub uri: String,
 }
+
+/// A subscription made with [`Publisher::subscribe_resuming`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resumed {
+    /// `{queue-prefix}{uuid-v4}`: the queue name, a bearer secret.
+    pub key: String,
+    /// Events replayed from the history ahead of the live ones.
+    pub resumed: u64,
+    /// The history does not reach back to the message: nothing was replayed,
+    /// and the page should reload its view.
+    pub gap: bool,
+}
+
+/// A resumed subscription with the URI the browser polls: what
+/// `POST /api/v1/subscriptions` answers when given `resume_after`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResumedSubscription {
+    pub key: String,
+    pub uri: String,
+    pub resumed: u64,
+    pub gap: bool,
+}
+
+/// Longest message id a resume accepts (ours are 36 bytes; a derived one 39).
+pub const MAX_RESUME_AFTER_BYTES: usize = 128;
 
 /// Why publishing-side input is refused.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +84,12 @@ pub enum PublishError {
     /// Not a subscription key of this gateway.
     #[error("unknown subscription")]
     UnknownSubscription,
+    /// A `resume_after` that cannot be a message id.
+    #[error("{0}")]
+    InvalidResumeAfter(String),
+    /// A resume asked of a gateway that keeps no history.
+    #[error("resume_after needs the event history, which is off (--history-max-age 0)")]
+    NoHistory,
     /// The broker failed or refused.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -115,6 +149,60 @@ impl Publisher {
         Ok(key)
     }
 
+    /// Creates a subscription queue bound to each event key that first gets,
+    /// in order and without duplicates, every retained event for those keys
+    /// published after the message `after` (the last one the page received),
+    /// then the live ones. When the history no longer reaches back to that
+    /// message, nothing is replayed and `gap` is true: the page should
+    /// reload its view.
+    ///
+    /// ```
+    /// use longpoll_gateway::publish::Publisher;
+    /// use longpoll_gateway::broker::{Broker, MemoryBroker, memory::MemoryOptions};
+    /// use longpoll_gateway::telemetry::Metrics;
+    /// use std::sync::Arc;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let broker = Arc::new(MemoryBroker::new(MemoryOptions::default(), Arc::new(Metrics::new())));
+    /// let publisher = Publisher::new(broker.clone(), "longpoll.subscribe.");
+    /// let keys = ["longpoll.event.bug.1".to_owned()];
+    /// let last_seen = publisher.emit("longpoll.event.bug.1", Default::default()).await.unwrap();
+    /// let missed = publisher.emit("longpoll.event.bug.1", Default::default()).await.unwrap();
+    ///
+    /// // The page's subscription was lost; it last received `last_seen`.
+    /// let resumed = publisher.subscribe_resuming(&keys, &last_seen).await.unwrap();
+    /// assert_eq!((resumed.resumed, resumed.gap), (1, false));
+    /// let delivery = broker.next_message(&resumed.key).await.unwrap();
+    /// assert_eq!(&*delivery.message_id, missed.as_str());
+    ///
+    /// // An id the history does not hold: a gap, nothing replayed.
+    /// let unknown = publisher.subscribe_resuming(&keys, "no-such-message").await.unwrap();
+    /// assert_eq!((unknown.resumed, unknown.gap), (0, true));
+    /// # }
+    /// ```
+    pub async fn subscribe_resuming(
+        &self,
+        event_keys: &[String],
+        after: &str,
+    ) -> Result<Resumed, PublishError> {
+        Self::check_keys(event_keys)?;
+        check_resume_after(after)?;
+        if !self.broker.keeps_history() {
+            return Err(PublishError::NoHistory);
+        }
+        let key = format!("{}{}", self.queue_prefix, uuid::Uuid::new_v4());
+        let outcome = self
+            .broker
+            .resume_subscription(&key, event_keys, after)
+            .await?;
+        Ok(Resumed {
+            key,
+            resumed: outcome.resumed,
+            gap: outcome.gap,
+        })
+    }
+
     /// Binds an existing subscription to more event keys.
     pub async fn add_bindings(&self, key: &str, event_keys: &[String]) -> Result<(), PublishError> {
         if !self.is_subscription_key(key) {
@@ -158,7 +246,7 @@ impl Publisher {
     ) -> Result<String, PublishError> {
         validate_event_key(event_key, false).map_err(PublishError::InvalidEventKey)?;
         if capture::record(event_key, &payload) {
-            return Ok(uuid::Uuid::new_v4().to_string());
+            return Ok(new_message_id());
         }
         self.publish_body(event_key, event_body(event_key, payload), headers)
             .await
@@ -187,10 +275,9 @@ impl Publisher {
         body: Bytes,
         mut headers: Vec<(String, String)>,
     ) -> Result<String, PublishError> {
-        let message_id = uuid::Uuid::new_v4()
-            .hyphenated()
-            .encode_lower(&mut uuid::Uuid::encode_buffer())
-            .to_owned();
+        // Time-ordered (UUIDv7): a resume after this message starts reading
+        // the history near its time.
+        let message_id = new_message_id();
         // The message carries the publisher's trace context, so the poll that
         // delivers it continues the same trace.
         let span = traces::publish_context(event_key, &message_id);
@@ -214,6 +301,19 @@ impl Publisher {
         result?;
         Ok(message_id)
     }
+}
+
+/// A `resume_after`: 1 to [`MAX_RESUME_AFTER_BYTES`] bytes of printable ASCII.
+fn check_resume_after(after: &str) -> Result<(), PublishError> {
+    if after.is_empty()
+        || after.len() > MAX_RESUME_AFTER_BYTES
+        || !crate::config::is_printable_ascii(after)
+    {
+        return Err(PublishError::InvalidResumeAfter(format!(
+            "resume_after must be a message id: 1 to {MAX_RESUME_AFTER_BYTES} bytes of printable ASCII"
+        )));
+    }
+    Ok(())
 }
 
 fn not_found_is_unknown(e: BrokerError) -> PublishError {
@@ -387,10 +487,79 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// [`Publisher::subscribe_events`] resuming after the message `after`, as
+    /// [`Publisher::subscribe_resuming`] does.
+    ///
+    /// ```
+    /// use longpoll_gateway::publish::{LongPollEvent, Publisher};
+    /// use longpoll_gateway::broker::{MemoryBroker, memory::MemoryOptions};
+    /// use longpoll_gateway::telemetry::Metrics;
+    /// use std::sync::Arc;
+    ///
+    /// struct BugChanged(u64);
+    /// impl LongPollEvent for BugChanged {
+    ///     fn event_key(&self) -> String { format!("longpoll.event.bug.{}", self.0) }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let broker = Arc::new(MemoryBroker::new(MemoryOptions::default(), Arc::new(Metrics::new())));
+    /// let publisher = Publisher::new(broker, "longpoll.subscribe.");
+    /// let last_seen = BugChanged(7).emit(&publisher, serde_json::json!({"n": 1})).await.unwrap();
+    /// BugChanged(7).emit(&publisher, serde_json::json!({"n": 2})).await.unwrap();
+    /// BugChanged(8).emit(&publisher, serde_json::json!({"n": 3})).await.unwrap();
+    ///
+    /// let sub = publisher
+    ///     .subscribe_events_resuming(&[&BugChanged(7)], "https://example.com/longpoll/", &last_seen)
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!((sub.resumed, sub.gap), (1, false), "bug 8 is not subscribed to");
+    /// assert_eq!(sub.uri, "https://example.com/longpoll/");
+    /// # }
+    /// ```
+    pub async fn subscribe_events_resuming(
+        &self,
+        events: &[&dyn LongPollEvent],
+        uri: &str,
+        after: &str,
+    ) -> Result<ResumedSubscription, PublishError> {
+        let keys: Vec<String> = events.iter().map(|e| e.event_key()).collect();
+        let resumed = self.subscribe_resuming(&keys, after).await?;
+        Ok(ResumedSubscription {
+            key: resumed.key,
+            uri: uri.to_owned(),
+            resumed: resumed.resumed,
+            gap: resumed.gap,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_resume_after_must_look_like_a_message_id() {
+        assert!(check_resume_after("0190c1f2-7a3b-7c4d-8e5f-0123456789ab").is_ok());
+        assert!(check_resume_after("sha256-00112233445566778899aabbccddeeff").is_ok());
+        assert!(check_resume_after(&"x".repeat(MAX_RESUME_AFTER_BYTES)).is_ok());
+        for bad in [
+            "",
+            "has space",
+            "é",
+            &"x".repeat(MAX_RESUME_AFTER_BYTES + 1),
+        ] {
+            assert!(
+                matches!(
+                    check_resume_after(bad),
+                    Err(PublishError::InvalidResumeAfter(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 
     fn from_text(text: &str) -> Result<Value, PublishError> {
         let body = event_body_from_json("longpoll.event.k", text.as_bytes())?;

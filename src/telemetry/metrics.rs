@@ -25,6 +25,15 @@ pub struct BrokerNodeLabel {
     pub broker_node: u32,
 }
 
+/// `outcome` label of a resume: `resumed` (the history reached back),
+/// `gap` (it did not: nothing replayed), `reordered` (RabbitMQ: events
+/// published while the queue was being bound kept racing the bind, and were
+/// appended after live ones instead of before them; none was lost).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResumeLabel {
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -70,6 +79,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     pub queue_probes: Counter,
     pub negative_cache_hits: Counter,
+    pub resumes: Family<ResumeLabel, Counter>,
+    pub resumed_events: Counter,
     build_info: Family<BuildLabels, Gauge>,
 }
 
@@ -106,6 +117,8 @@ impl Metrics {
             connections_refused: Counter::default(),
             queue_probes: Counter::default(),
             negative_cache_hits: Counter::default(),
+            resumes: Family::default(),
+            resumed_events: Counter::default(),
             build_info: Family::default(),
             registry: Registry::default(),
         };
@@ -244,13 +257,32 @@ impl Metrics {
             "Polls answered 404 from the cache of queues known to be missing",
             m.negative_cache_hits.clone(),
         );
+        registry.register(
+            "resumes",
+            "Subscriptions created with resume_after, by outcome (resumed, gap, reordered)",
+            m.resumes.clone(),
+        );
+        registry.register(
+            "resumed_events",
+            "Events replayed from the history into resumed subscriptions",
+            m.resumed_events.clone(),
+        );
         registry.register("build_info", "Build information", m.build_info.clone());
         // Every status a poll can get exists from the start, so that rate()
         // sees the first answer of each.
         for status in [200, 400, 404, 408, 409, 503] {
             let _ = m.polls_answered.get_or_create(&StatusLabel { status });
         }
+        for outcome in ["resumed", "gap", "reordered"] {
+            let _ = m.resumes.get_or_create(&ResumeLabel { outcome });
+        }
         Metrics { registry, ..m }
+    }
+
+    /// Counts a resume and the events it replayed.
+    pub fn count_resume(&self, outcome: &'static str, replayed: u64) {
+        self.resumes.get_or_create(&ResumeLabel { outcome }).inc();
+        self.resumed_events.inc_by(replayed);
     }
 
     /// Records which broker kind this instance runs on (for `longpoll_build_info`).

@@ -312,3 +312,10 @@ def test_every_alert_is_documented():
     doc = (CHART_DIR.parents[1] / "docs" / "observability.md").read_text()
     for r in alert_rules():
         assert f"`{r['alert']}`" in doc, r["alert"]
+
+
+def test_panel_ids_are_unique_in_each_dashboard():
+    # Grafana keys a panel's state (links, edits, the panel view) by its id.
+    for name, dashboard in dashboards().items():
+        ids = [p["id"] for p in panels(dashboard)]
+        assert sorted(set(ids)) == sorted(ids), f"{name}: repeated panel ids"

@@ -22,11 +22,12 @@ use super::connections::{Connections, Nodes};
 use super::consumers::{ConsumerRegistry, consumer_slot, ensure_consumer, live_consumer};
 use super::delivery::{publish_properties, to_delivery};
 use super::errors::{from_lapin_on, short};
+use super::history::{self, HistoryStream};
 use super::supervisor::{self, Link};
 use super::topology::Topology;
 use crate::broker::{
     Backoff, Broker, BrokerError, BrokerErrorKind, Connectivity, Delivery, OutgoingMessage,
-    QueueStats,
+    QueueStats, ResumeOutcome,
 };
 use crate::telemetry::Metrics;
 
@@ -78,6 +79,8 @@ impl AmqpBroker {
         // from the consumers and the operations.
         let probe_slots = (options.channel_pool_size / 2).clamp(1, 8);
         let probe_connections = Connections::new(&nodes, format!("{name} probes"), 1)?;
+        // A new history stream is tried on connections of their own (history.rs).
+        let history_connections = Connections::new(&nodes, format!("{name} history"), 1)?;
         let topology = Topology::new(
             options.exchange.clone(),
             options.exchange_type,
@@ -86,7 +89,13 @@ impl AmqpBroker {
             probe_connections,
             probe_slots,
             metrics.clone(),
-        )?;
+        )?
+        .with_history(
+            options
+                .history
+                .clone()
+                .map(|h| HistoryStream::new(h, options.exchange_type, history_connections)),
+        );
         let inner = Arc::new(Inner {
             consumer_channels: ConsumerChannels::new(
                 channels::consumer_channel_count(options.channel_pool_size),
@@ -110,6 +119,7 @@ impl AmqpBroker {
             Arc::downgrade(&inner),
             inner.stop.clone(),
         ));
+        tokio::spawn(declare_at_start(Arc::downgrade(&inner)));
         Ok(AmqpBroker { inner })
     }
 }
@@ -196,6 +206,35 @@ impl AmqpBroker {
     }
 }
 
+/// Declares the exchange and the history stream once the broker is first
+/// reached, so that events other publishers send before this gateway's first
+/// operation are in the history too. (Each operation checks them again after
+/// a lost connection.)
+async fn declare_at_start(inner: std::sync::Weak<Inner>) {
+    let Some(strong) = inner.upgrade() else {
+        return;
+    };
+    let stop = strong.stop.clone();
+    tokio::select! {
+        _ = strong.link.wait_connected(&stop) => {}
+        _ = stop.cancelled() => return,
+    }
+    if stop.is_cancelled() {
+        return;
+    }
+    if let Err(e) = strong.topology.ensure_exchange().await {
+        tracing::warn!(error = %e, "cannot declare the exchange or the history stream yet; the next operation tries again");
+    }
+}
+
+#[cfg(test)]
+impl AmqpBroker {
+    /// The parts, for white-box tests of the modules that use them.
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+}
+
 #[async_trait]
 impl Broker for AmqpBroker {
     fn kind(&self) -> &'static str {
@@ -275,6 +314,19 @@ impl Broker for AmqpBroker {
         let topology = &self.inner.topology;
         self.through_node_loss(|| topology.add_bindings(queue, event_keys))
             .await
+    }
+
+    fn keeps_history(&self) -> bool {
+        self.inner.topology.history().is_some()
+    }
+
+    async fn resume_subscription(
+        &self,
+        queue: &str,
+        event_keys: &[String],
+        after: &str,
+    ) -> Result<ResumeOutcome, BrokerError> {
+        history::resume(&self.inner, queue, event_keys, after).await
     }
 
     async fn delete_subscription(&self, queue: &str) -> Result<(), BrokerError> {

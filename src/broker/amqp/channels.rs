@@ -51,7 +51,7 @@ pub(crate) fn op_channel_pool(
 /// an unknown queue is one), so a connection runs out of channel ids after
 /// `channel_max` (2047 on RabbitMQ) such closes. A connection found exhausted
 /// is taken out of the pool and closed; the pool opens a fresh one.
-async fn open_channel(connections: &Connections) -> Result<lapin::Channel, BrokerError> {
+pub(crate) async fn open_channel(connections: &Connections) -> Result<lapin::Channel, BrokerError> {
     let conn = connections.get().await?;
     match conn.create_channel().await {
         Ok(channel) => Ok(channel),

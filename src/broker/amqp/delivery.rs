@@ -62,23 +62,7 @@ pub(crate) fn to_delivery(
     metrics: &Arc<Metrics>,
 ) -> Delivery {
     let props = &d.properties;
-    let message_id: Arc<str> = match props.message_id() {
-        Some(id) => id.as_str().into(),
-        None => {
-            let ts = props.timestamp().map(|t| t.to_string());
-            derive_message_id(
-                &d.data,
-                &[
-                    ts.as_deref(),
-                    props.correlation_id().as_ref().map(|s| s.as_str()),
-                    props.kind().as_ref().map(|s| s.as_str()),
-                    props.content_type().as_ref().map(|s| s.as_str()),
-                    props.app_id().as_ref().map(|s| s.as_str()),
-                ],
-            )
-            .into()
-        }
-    };
+    let message_id = message_id(props, &d.data);
     let mut published_at = props
         .timestamp()
         .map(|secs| UNIX_EPOCH + Duration::from_secs(secs));
@@ -116,6 +100,29 @@ pub(crate) fn to_delivery(
         published_at,
         trace_headers,
         acker,
+    }
+}
+
+/// A message's id as the poll answers it (`X-Longpoll-Message-Id`): its
+/// `message_id`, or one derived from its body and identifying properties.
+/// The history finds a resume's message with the same function.
+pub(crate) fn message_id(props: &BasicProperties, body: &[u8]) -> Arc<str> {
+    match props.message_id() {
+        Some(id) => id.as_str().into(),
+        None => {
+            let ts = props.timestamp().map(|t| t.to_string());
+            derive_message_id(
+                body,
+                &[
+                    ts.as_deref(),
+                    props.correlation_id().as_ref().map(|s| s.as_str()),
+                    props.kind().as_ref().map(|s| s.as_str()),
+                    props.content_type().as_ref().map(|s| s.as_str()),
+                    props.app_id().as_ref().map(|s| s.as_str()),
+                ],
+            )
+            .into()
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! | `connections` | the broker's nodes and the pooled AMQP connections spread over them (one deadpool manager, plain and TLS) |
 //! | `channels` | exclusive operation channels (pooled) and shared consumer channels |
 //! | `topology` | the exchange and the subscription queues: probe, declare, bind, delete |
+//! | `history` | the history stream (declare, bind, read) and resuming a subscription from it |
 //! | `consumers` | one consumer per polled queue, its start, linger and cancel |
 //! | `delivery` | message properties both ways, lapin delivery → [`Delivery`], ack/requeue |
 //! | `supervisor` | reconnecting with backoff, nodes left and tried again, connectivity, the idle-consumer reaper |
@@ -25,6 +26,7 @@ mod connections;
 mod consumers;
 mod delivery;
 mod errors;
+mod history;
 pub mod negative_cache;
 mod supervisor;
 mod topology;
@@ -33,6 +35,7 @@ use std::time::Duration;
 
 pub use self::broker::AmqpBroker;
 pub use self::delivery::TIMESTAMP_MS_HEADER;
+use crate::broker::HistoryOptions;
 use crate::config::{BrokerNodes, BrokerTls, ExchangeType, Settings};
 
 /// How the RabbitMQ broker is used.
@@ -54,11 +57,13 @@ pub struct AmqpOptions {
     pub consumer_linger: Duration,
     /// TLS material and credential files.
     pub tls: BrokerTls,
+    /// The history stream; `None`: no history.
+    pub history: Option<HistoryOptions>,
 }
 
 impl AmqpOptions {
     pub fn from_settings(s: &Settings, nodes: BrokerNodes) -> Self {
-        AmqpOptions {
+        let mut options = AmqpOptions {
             connections: connections_for(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
                 nodes.len(),
@@ -70,7 +75,14 @@ impl AmqpOptions {
             channel_pool_size: s.channel_pool_size,
             consumer_linger: Duration::from_secs(10),
             tls: s.broker_tls.clone(),
+            history: HistoryOptions::from_settings(s),
+        };
+        // The history stream is replicated over the nodes given.
+        let replicas = options.initial_cluster_size();
+        if let Some(history) = &mut options.history {
+            history.initial_cluster_size = replicas.and_then(|n| u32::try_from(n).ok());
         }
+        options
     }
 
     /// `x-initial-cluster-size` for a queue RabbitMQ replicates across its
@@ -121,6 +133,10 @@ mod tests {
         let five = "amqp://a/,amqp://b/,amqp://c/,amqp://d/,amqp://e/";
         assert_eq!(options(five).initial_cluster_size(), Some(3));
         assert_eq!(options(five).connections, 4);
+        // The history stream is declared with it.
+        let stream = |broker| options(broker).history.and_then(|h| h.initial_cluster_size);
+        assert_eq!(stream("amqp://a/"), None);
+        assert_eq!(stream(five), Some(3));
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! ([`NegativeCache`]), and probes in flight are bounded, so a flood of unknown
 //! keys is paced here and never takes the whole channel pool.
 //!
+//! The history stream (`history`) is declared and bound with the exchange,
+//! and on a direct exchange bound to each event key before any queue is.
+//!
 //! Must not: consume, publish or settle messages, or decide connectivity (the
 //! supervisor does; it tells this module when the exchange must be checked again).
 
@@ -23,9 +26,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::Semaphore;
 
-use super::channels::{self, OpChannelPool, op_channel, probe_channel};
+use super::channels::{self, OpChannel, OpChannelPool, op_channel, probe_channel};
 use super::connections::Connections;
 use super::errors::{from_lapin_on, is_queue_node_down, short};
+use super::history::HistoryStream;
 use super::negative_cache::{NEGATIVE_CAPACITY, NEGATIVE_TTL, NegativeCache};
 use crate::broker::{BrokerError, BrokerErrorKind, QueueStats};
 use crate::config::ExchangeType;
@@ -47,6 +51,8 @@ pub(crate) struct Topology {
     /// Probes in flight at most: each unknown queue costs the broker a failed
     /// declare and a channel.
     probes: Semaphore,
+    /// The stream that keeps the history of events, when there is one.
+    history: Option<HistoryStream>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,13 +78,47 @@ impl Topology {
             exchange_ready: AtomicBool::new(false),
             missing: NegativeCache::new(NEGATIVE_TTL, NEGATIVE_CAPACITY),
             probes: Semaphore::new(probe_slots),
+            history: None,
             metrics,
         })
+    }
+
+    /// With the stream that keeps the history of events.
+    pub(crate) fn with_history(mut self, history: Option<HistoryStream>) -> Self {
+        self.history = history;
+        self
     }
 
     /// The exchange's name.
     pub(crate) fn exchange(&self) -> &str {
         &self.exchange
+    }
+
+    /// The exchange's type, as this gateway binds and routes (an existing
+    /// exchange is used as it is).
+    pub(crate) fn exchange_type(&self) -> ExchangeType {
+        self.exchange_type
+    }
+
+    /// The history stream, when there is one.
+    pub(crate) fn history(&self) -> Option<&HistoryStream> {
+        self.history.as_ref()
+    }
+
+    /// An operation channel from the pool (confirm mode).
+    pub(crate) async fn op_channel(&self) -> Result<OpChannel, BrokerError> {
+        op_channel(&self.ops, &self.metrics).await
+    }
+
+    /// Checks the exchange and the history stream now, declaring and binding
+    /// what is missing (a resume, which must not read a stream that lost its
+    /// binding, asks each time).
+    pub(crate) async fn ensure_history(&self) -> Result<(), BrokerError> {
+        self.ensure_exchange().await?;
+        match &self.history {
+            Some(history) => history.ensure(self).await,
+            None => Ok(()),
+        }
     }
 
     /// The connection was lost: check (and declare) the exchange again before
@@ -87,8 +127,10 @@ impl Topology {
         self.exchange_ready.store(false, Ordering::Release);
     }
 
-    /// Declares the exchange if absent (once per connection).
-    async fn ensure_exchange(&self) -> Result<(), BrokerError> {
+    /// Declares the exchange if absent (once per connection), and the history
+    /// stream with it: an event published before its stream is bound would
+    /// be missing from the history without anyone knowing.
+    pub(crate) async fn ensure_exchange(&self) -> Result<(), BrokerError> {
         if self.exchange_ready.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -120,6 +162,9 @@ impl Topology {
                 );
             }
             Err(e) => return Err(e),
+        }
+        if let Some(history) = &self.history {
+            history.ensure(self).await?;
         }
         self.exchange_ready.store(true, Ordering::Release);
         Ok(())
@@ -250,36 +295,38 @@ impl Topology {
         queue: &str,
         event_keys: &[String],
     ) -> Result<(), BrokerError> {
+        self.with_exchange(|| async move {
+            self.declare_queue(queue).await?;
+            self.bind(queue, event_keys).await
+        })
+        .await
+    }
+
+    /// Declares a subscription queue without binding it (a resume fills it
+    /// first).
+    pub(crate) async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
         let name = short(queue)?;
         let expiry_ms = i64::try_from(self.subscription_expiry.as_millis())
             .unwrap_or(i64::MAX)
             .max(1);
-        self.with_exchange(|| {
-            let name = name.clone();
-            async move {
-                {
-                    let ch = op_channel(&self.ops, &self.metrics).await?;
-                    let mut args = FieldTable::default();
-                    args.insert("x-expires".into(), AMQPValue::LongLongInt(expiry_ms));
-                    // Durable: RabbitMQ 4.3+ refuses non-durable, non-exclusive queues;
-                    // x-expires cleans it up, messages are published non-persistent.
-                    ch.queue_declare(
-                        name,
-                        QueueDeclareOptions {
-                            durable: true,
-                            ..Default::default()
-                        },
-                        args,
-                    )
-                    .await
-                    .map_err(|e| from_lapin_on(&e, &[]))?;
-                    ch.done_after_declares(1);
-                }
-                self.missing.remove(queue);
-                self.bind(queue, event_keys).await
-            }
-        })
+        let ch = op_channel(&self.ops, &self.metrics).await?;
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(expiry_ms));
+        // Durable: RabbitMQ 4.3+ refuses non-durable, non-exclusive queues;
+        // x-expires cleans it up, messages are published non-persistent.
+        ch.queue_declare(
+            name,
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
         .await
+        .map_err(|e| from_lapin_on(&e, &[]))?;
+        ch.done_after_declares(1);
+        self.missing.remove(queue);
+        Ok(())
     }
 
     /// Binds an existing queue to more event keys (`NotFound` if there is none).
@@ -292,7 +339,12 @@ impl Topology {
         self.with_exchange(|| self.bind(queue, event_keys)).await
     }
 
-    async fn bind(&self, queue: &str, event_keys: &[String]) -> Result<(), BrokerError> {
+    /// Binds the queue to each event key (on a direct exchange, the history
+    /// stream first, so that whatever the queue gets, the history has).
+    pub(crate) async fn bind(&self, queue: &str, event_keys: &[String]) -> Result<(), BrokerError> {
+        if let Some(history) = &self.history {
+            history.bind_keys(self, event_keys).await?;
+        }
         let ch = op_channel(&self.ops, &self.metrics).await?;
         for key in event_keys {
             ch.queue_bind(

@@ -5,9 +5,11 @@
 //! long-poll contract relies on — per-queue FIFO, at most one unacked message per
 //! queue (prefetch 1), ack, requeue at the message's place, `redelivered`, queue
 //! expiry when unused. Bounded: a per-queue message cap (oldest dropped, counted)
-//! and a total queue cap.
+//! and a total queue cap. Keeps the history of published events that a
+//! resume replays ([`history`]), bounded by age and bytes.
 //! Must not: outlive the process — nothing is persisted; that is what RabbitMQ is for.
 
+mod history;
 mod routing;
 
 use std::collections::{HashMap, VecDeque};
@@ -18,12 +20,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use history::{After, History};
 use routing::Bindings;
-pub use routing::topic_matches;
+pub use routing::{binding_matches, topic_matches};
 
 use super::{
-    Acker, Broker, BrokerError, BrokerErrorKind, Connectivity, Delivery, OutgoingMessage,
-    QueueStats, Settle,
+    Acker, Broker, BrokerError, BrokerErrorKind, Connectivity, Delivery, HistoryOptions,
+    MAX_RESUME_EVENTS, OutgoingMessage, QueueStats, ResumeOutcome, Settle,
 };
 use crate::config::{ExchangeType, Settings};
 use crate::telemetry::Metrics;
@@ -36,6 +39,8 @@ pub struct MemoryOptions {
     pub subscription_expiry: Duration,
     pub max_messages_per_queue: usize,
     pub max_queues: usize,
+    /// The history resumes replay from; `None`: no history.
+    pub history: Option<HistoryOptions>,
 }
 
 impl MemoryOptions {
@@ -45,6 +50,7 @@ impl MemoryOptions {
             subscription_expiry: s.subscription_expiry,
             max_messages_per_queue: s.memory.max_messages_per_queue,
             max_queues: s.memory.max_queues,
+            history: HistoryOptions::from_settings(s),
         }
     }
 }
@@ -96,6 +102,7 @@ impl MemQueue {
 struct State {
     queues: HashMap<Arc<str>, MemQueue>,
     bindings: Bindings,
+    history: Option<History>,
     next_pos: u64,
     next_tag: u64,
 }
@@ -133,6 +140,7 @@ impl MemoryBroker {
             state: Mutex::new(State {
                 queues: HashMap::new(),
                 bindings: Bindings::new(options.exchange_type),
+                history: options.history.as_ref().map(History::new),
                 next_pos: 0,
                 next_tag: 0,
             }),
@@ -143,6 +151,40 @@ impl MemoryBroker {
             rt.spawn(sweep_expired(Arc::downgrade(&shared)));
         }
         MemoryBroker { shared }
+    }
+
+    /// Declares `queue` unless it exists (`LimitReached` at the queue cap).
+    fn declare_queue(&self, st: &mut State, queue: &str) -> Result<(), BrokerError> {
+        if st.queues.contains_key(queue) {
+            return Ok(());
+        }
+        if st.queues.len() >= self.shared.options.max_queues {
+            return Err(BrokerError::new(
+                BrokerErrorKind::LimitReached,
+                format!(
+                    "the embedded broker holds its maximum of {} queues",
+                    self.shared.options.max_queues
+                ),
+            ));
+        }
+        let name: Arc<str> = queue.into();
+        st.queues.insert(
+            name.clone(),
+            MemQueue {
+                name,
+                ready: VecDeque::new(),
+                unacked: None,
+                bindings: Vec::new(),
+                notify: Arc::new(Notify::new()),
+                last_used: Instant::now(),
+                pollers: 0,
+            },
+        );
+        self.shared
+            .metrics
+            .memory_queues
+            .set(st.queues.len() as i64);
+        Ok(())
     }
 
     /// Deletes queues unused for longer than their expiry; returns how many.
@@ -158,6 +200,10 @@ impl MemoryBroker {
             .collect();
         for name in &expired {
             remove_queue(&mut st, name);
+        }
+        // The history's age bound holds while nothing is published too.
+        if let Some(history) = st.history.as_mut() {
+            history.trim(now);
         }
         self.shared
             .metrics
@@ -340,36 +386,71 @@ impl Broker for MemoryBroker {
         event_keys: &[String],
     ) -> Result<(), BrokerError> {
         let mut st = self.shared.lock();
-        if !st.queues.contains_key(queue) {
-            if st.queues.len() >= self.shared.options.max_queues {
-                return Err(BrokerError::new(
-                    BrokerErrorKind::LimitReached,
-                    format!(
-                        "the embedded broker holds its maximum of {} queues",
-                        self.shared.options.max_queues
-                    ),
-                ));
-            }
-            let name: Arc<str> = queue.into();
-            st.queues.insert(
-                name.clone(),
-                MemQueue {
-                    name,
-                    ready: VecDeque::new(),
-                    unacked: None,
-                    bindings: Vec::new(),
-                    notify: Arc::new(Notify::new()),
-                    last_used: Instant::now(),
-                    pollers: 0,
-                },
-            );
-            self.shared
-                .metrics
-                .memory_queues
-                .set(st.queues.len() as i64);
-        }
+        self.declare_queue(&mut st, queue)?;
         bind_all(&mut st, queue, event_keys);
         Ok(())
+    }
+
+    fn keeps_history(&self) -> bool {
+        self.shared.options.history.is_some()
+    }
+
+    async fn resume_subscription(
+        &self,
+        queue: &str,
+        event_keys: &[String],
+        after: &str,
+    ) -> Result<ResumeOutcome, BrokerError> {
+        let options = &self.shared.options;
+        // A replay must fit in the queue whole: dropping its oldest would be
+        // the silent gap a resume is there to prevent.
+        let limit = MAX_RESUME_EVENTS.min(options.max_messages_per_queue);
+        // Under the broker's lock, filling the queue and binding it are one
+        // step: no event can come between the history's end and the live ones.
+        let mut st = self.shared.lock();
+        let Some(history) = st.history.as_mut() else {
+            return Err(BrokerError::new(
+                BrokerErrorKind::InvalidInput,
+                "this broker keeps no history (--history-max-age 0)",
+            ));
+        };
+        history.trim(Instant::now());
+        let matches = |routing_key: &str| {
+            event_keys
+                .iter()
+                .any(|k| binding_matches(options.exchange_type, k, routing_key))
+        };
+        let replay = match history.after(after, matches, limit) {
+            After::Found(replay) => replay,
+            After::NotFound | After::TooMany => {
+                self.declare_queue(&mut st, queue)?;
+                bind_all(&mut st, queue, event_keys);
+                self.shared.metrics.count_resume("gap", 0);
+                return Ok(ResumeOutcome::GAP);
+            }
+        };
+        self.declare_queue(&mut st, queue)?;
+        let resumed = replay.len() as u64;
+        let State {
+            queues, next_pos, ..
+        } = &mut *st;
+        if let Some(q) = queues.get_mut(queue) {
+            for message in replay {
+                *next_pos += 1;
+                q.ready.push_back(Queued {
+                    pos: *next_pos,
+                    deliveries: 0,
+                    message,
+                });
+            }
+            q.notify.notify_waiters();
+        }
+        bind_all(&mut st, queue, event_keys);
+        self.shared.metrics.count_resume("resumed", resumed);
+        Ok(ResumeOutcome {
+            resumed,
+            gap: false,
+        })
     }
 
     async fn add_bindings(&self, queue: &str, event_keys: &[String]) -> Result<(), BrokerError> {
@@ -403,6 +484,9 @@ impl Broker for MemoryBroker {
         });
         let cap = self.shared.options.max_messages_per_queue;
         let mut st = self.shared.lock();
+        if let Some(history) = st.history.as_mut() {
+            history.record(&message.routing_key, &stored, Instant::now());
+        }
         let targets = st.bindings.route(&message.routing_key);
         for name in targets {
             st.next_pos += 1;

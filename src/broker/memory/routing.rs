@@ -40,6 +40,15 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
     m[k.len()]
 }
 
+/// Does a message with `routing_key` reach a queue bound with `binding`, on an
+/// exchange of this type? (What a resume asks of each event in the history.)
+pub fn binding_matches(exchange_type: ExchangeType, binding: &str, routing_key: &str) -> bool {
+    match exchange_type {
+        ExchangeType::Direct => binding == routing_key,
+        ExchangeType::Topic => binding == routing_key || topic_matches(binding, routing_key),
+    }
+}
+
 fn has_wildcard(binding: &str) -> bool {
     binding.split('.').any(|w| w == "*" || w == "#")
 }
@@ -182,6 +191,15 @@ mod tests {
         for (pattern, key, expected) in cases {
             assert_eq!(topic_matches(pattern, key), expected, "{pattern} vs {key}");
         }
+    }
+
+    #[test]
+    fn a_binding_matches_as_the_exchange_routes() {
+        assert!(binding_matches(ExchangeType::Topic, "a.*", "a.b"));
+        assert!(!binding_matches(ExchangeType::Topic, "a.*", "a.b.c"));
+        assert!(binding_matches(ExchangeType::Direct, "a.b", "a.b"));
+        assert!(!binding_matches(ExchangeType::Direct, "a.*", "a.b"));
+        assert!(binding_matches(ExchangeType::Direct, "a.*", "a.*"));
     }
 
     #[test]
