@@ -477,13 +477,18 @@ impl Nodes {
 
     /// Wakes the supervisor when the connection fails (lapin also reports
     /// channel errors, such as a probe's 404, as events: those leave the
-    /// connection up). Ends with the connection's last handle.
-    fn watch(self: &Arc<Self>, conn: &lapin::Connection, node: usize) {
+    /// connection up). A connection closed on purpose (`on_purpose` set
+    /// first: taken out of the pool, moved to another node) is no node loss.
+    /// Ends with the connection's last handle.
+    fn watch(self: &Arc<Self>, conn: &lapin::Connection, node: usize, on_purpose: Arc<AtomicBool>) {
         let mut events = conn.events_listener();
         let status = conn.status().clone();
         let nodes = Arc::downgrade(self);
         tokio::spawn(async move {
             while let Some(event) = events.next().await {
+                if on_purpose.load(Ordering::Acquire) {
+                    return;
+                }
                 if matches!(event, lapin::Event::Error(_)) && !status.connected() {
                     if let Some(nodes) = nodes.upgrade() {
                         nodes.lost(node);
@@ -499,6 +504,8 @@ impl Nodes {
 pub(crate) struct NodeConnection {
     conn: lapin::Connection,
     node: usize,
+    /// Set before the gateway closes the connection itself.
+    on_purpose: Arc<AtomicBool>,
     _counted: Counted,
 }
 
@@ -558,11 +565,13 @@ impl managed::Manager for ConnectionManager {
         for node in self.order() {
             match self.nodes.connect(node, &self.name).await {
                 Ok(conn) => {
-                    self.nodes.watch(&conn, node);
+                    let on_purpose = Arc::new(AtomicBool::new(false));
+                    self.nodes.watch(&conn, node, on_purpose.clone());
                     self.open[node].fetch_add(1, Ordering::AcqRel);
                     return Ok(NodeConnection {
                         conn,
                         node,
+                        on_purpose,
                         _counted: Counted {
                             open: self.open.clone(),
                             node,
@@ -604,9 +613,13 @@ impl std::ops::Deref for Connection {
 }
 
 impl Connection {
-    /// Takes the connection out of its pool (to close it for good).
+    /// Takes the connection out of its pool (to close it for good: its
+    /// closing is not taken for the loss of its node).
     pub(crate) fn detach(self) -> lapin::Connection {
-        let NodeConnection { conn, .. } = managed::Object::take(self.0);
+        let NodeConnection {
+            conn, on_purpose, ..
+        } = managed::Object::take(self.0);
+        on_purpose.store(true, Ordering::Release);
         conn
     }
 }
@@ -732,9 +745,11 @@ impl Connections {
         for NodeConnection {
             conn,
             node,
+            on_purpose,
             _counted,
         } in removed
         {
+            on_purpose.store(true, Ordering::Release);
             drop(_counted); // counted off now: the replacement goes elsewhere
             tracing::info!(
                 node,
