@@ -3,12 +3,11 @@
 //! subscription queues over them; a node SIGKILLed is left while `/readyz` stays 200, held
 //! polls on the other nodes' queues get their messages, polls on the dead node's queues are
 //! answered 404 at once, and new subscriptions and publishes work; the node restarted takes
-//! connections again; a rolling restart with pages polling and a publisher emitting
-//! throughout loses nothing on the queues that stayed up.
+//! connections again. (Pages polling through node losses, with resume: tests/node_loss.rs.)
 //!
 //! The first two tests need no cluster: a gateway (in this process, then the binary with
 //! `LONGPOLL_BROKER`) is given the shared RabbitMQ on 127.0.0.1:5672 and a port where nothing
-//! answers, and only uses the shared node. The others start a cluster each and never touch
+//! answers, and only uses the shared node. The other starts a cluster and never touch
 //! the shared RabbitMQ. The figures each test prints (`figure: …`) show with
 //! `cargo nextest run --test broker_nodes --no-capture`.
 
@@ -18,21 +17,23 @@ mod common;
 #[allow(dead_code)]
 #[path = "cluster/client.rs"]
 mod client;
-// Pages, a publisher and a /readyz watch, for the broker-failure tests.
+// A /readyz watch, and the gateway's view of the cluster's nodes.
+#[path = "cluster/nodes.rs"]
+mod nodes;
+#[allow(dead_code)]
 #[path = "cluster/traffic.rs"]
 mod traffic;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::rabbit_cluster::{NODES, RabbitCluster};
 use common::{Backend, Poll, TestGateway, eventually, unique};
 use longpoll_gateway::config::BrokerUrl;
+use nodes::{figure, gateway_on, queue_nodes, wait_connections};
 use serde_json::json;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use traffic::{Page, Publisher, ReadyWatch};
+use traffic::ReadyWatch;
 
 /// How long a held poll waits before 408: long enough that a 503 or a 408 cannot pass for
 /// the prompt 404 of a queue whose node died.
@@ -253,309 +254,7 @@ async fn a_killed_node_is_left_with_readyz_200_its_queues_404_the_others_served_
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_restart_under_polls_and_publishes_loses_nothing_on_the_queues_that_stay_up() {
-    let cluster = RabbitCluster::start().await;
-    let gw = Arc::new(gateway_on(&cluster, Duration::from_secs(20)).await);
-    wait_connections(&cluster, "a connection on every node", |per_node| {
-        per_node.iter().all(|&c| c >= 1)
-    })
-    .await;
-    let started = Instant::now();
-    let event = unique("longpoll.event.nodes.rolling");
-    let stop = CancellationToken::new();
-    let ready = ReadyWatch::start(&gw);
-    let publisher = Publisher::start(gw.clone(), event.clone(), stop.clone(), started);
-    let pages: Vec<_> = (0..9)
-        .map(|index| Page::start(index, gw.clone(), event.clone(), stop.clone(), started))
-        .collect();
-
-    let rolling = Instant::now();
-    let mut phases = Vec::new();
-    let times = cluster
-        .rolling_restart_with(async |down| {
-            let stopped = started.elapsed();
-            // Traffic while the node is away: at least 10 events published meanwhile.
-            let from = publisher.confirmed().await;
-            eventually(
-                Duration::from_secs(30),
-                "events published with a node down",
-                || async { publisher.confirmed().await >= from + 10 },
-            )
-            .await;
-            phases.push(Phase {
-                node: down,
-                stopped,
-                back: started.elapsed(),
-            });
-        })
-        .await;
-    figure("rolling restart of all three nodes, under traffic", rolling);
-    for t in &times {
-        eprintln!(
-            "figure: rolling restart, node {}: pre-stop (await quorum+1, drain) {:.1} s, \
-             graceful stop {:.1} s, start -> clustered {:.1} s",
-            t.node + 1,
-            t.prepare.as_secs_f64(),
-            t.stop.as_secs_f64(),
-            t.start.as_secs_f64()
-        );
-    }
-
-    // A few more events with every node back, then every page that still polls must have
-    // everything published since it subscribed.
-    let from = publisher.confirmed().await;
-    eventually(
-        Duration::from_secs(30),
-        "events published after the restart",
-        || async { publisher.confirmed().await >= from + 10 },
-    )
-    .await;
-    let published = publisher.stop().await;
-    let repeated: BTreeSet<u64> = published
-        .iter()
-        .filter(|e| e.attempts > 1)
-        .map(|e| e.n)
-        .collect();
-    let last = published.len() as u64;
-    eventually(
-        Duration::from_secs(30),
-        "the pages still polling caught up",
-        || async {
-            for page in &pages {
-                if !page.has_shown(last).await {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await;
-    stop.cancel();
-    let mut lives = Vec::new();
-    for page in pages {
-        lives.extend(page.handle.await.expect("a page"));
-    }
-    let ready = ready.stop().await;
-
-    // Where each subscription's queue lived, and when each node began to go away (its
-    // pre-stop hook: until the stop itself its queues still serve).
-    let homes = queue_nodes(&cluster, lives.iter().map(|l| l.key.as_str())).await;
-    let leaving: BTreeMap<usize, Leaving> = phases
-        .iter()
-        .map(|p| {
-            let t = times.iter().find(|t| t.node == p.node).expect("its times");
-            let leaving = Leaving {
-                prepared: p.stopped.saturating_sub(t.stop + t.prepare),
-                terminated: p.stopped.saturating_sub(t.stop),
-                phase: *p,
-            };
-            (p.node, leaving)
-        })
-        .collect();
-    let mut through_a_restart = 0;
-    let mut survived = 0;
-    let mut gone = 0;
-    let mut lost_with_their_node = 0;
-    let mut slowest_404 = Duration::ZERO;
-    for life in &lives {
-        let outcome = &life.outcome;
-        let ids: BTreeSet<&String> = outcome.ids.iter().collect();
-        assert_eq!(
-            ids.len(),
-            outcome.ids.len(),
-            "no message shown twice: {life:?}"
-        );
-        // Each event once and in order; one shown twice only when its publish was
-        // answered with an error and repeated (the repeat has a new id).
-        assert!(
-            outcome
-                .events
-                .windows(2)
-                .all(|w| w[0] < w[1] || (w[0] == w[1] && repeated.contains(&w[0]))),
-            "each event once, in order: {life:?}"
-        );
-        let home = homes.get(&life.key).copied();
-        // Everything published after the subscription existed and while its queue was
-        // up: to its end, or (when its node went) up to a second before the node began
-        // to go away — what was published later may have gone with the node.
-        let up_until = match &outcome.stopped {
-            None => life.ended,
-            Some(_) => {
-                let node = home.unwrap_or_else(|| panic!("the node of {life:?}"));
-                leaving[&node]
-                    .prepared
-                    .saturating_sub(Duration::from_secs(1))
-            }
-        };
-        let got: BTreeSet<u64> = outcome.events.iter().copied().collect();
-        let missing = |until: Duration| -> Vec<u64> {
-            published
-                .iter()
-                .filter(|e| e.requested > life.subscribed && e.confirmed < until)
-                .map(|e| e.n)
-                .filter(|n| !got.contains(n))
-                .collect()
-        };
-        let lost = missing(up_until);
-        assert!(
-            lost.is_empty(),
-            "page {} lost {lost:?} while its queue (node {:?}) was up: {life:?}",
-            life.page,
-            home.map(|n| n + 1)
-        );
-        // Its queue stayed up through another node's restart, with events published
-        // meanwhile (which the check above found all shown).
-        if leaving.values().any(|l| {
-            Some(l.phase.node) != home && life.subscribed < l.prepared && up_until > l.phase.back
-        }) {
-            through_a_restart += 1;
-        }
-        match &outcome.stopped {
-            None => survived += 1,
-            Some(why) => {
-                gone += 1;
-                assert!(why.starts_with("404"), "stopped by a 404 only: {why}");
-                // It went with its node, while that node was away.
-                let left = &leaving[&home.expect("its node")];
-                assert!(
-                    life.ended >= left.prepared && life.ended <= left.phase.back + PROMPTLY,
-                    "404 while its node was away ({left:?}): {life:?}"
-                );
-                slowest_404 = slowest_404.max(life.ended.saturating_sub(left.terminated));
-                lost_with_their_node += missing(life.ended).len();
-            }
-        }
-    }
-    eprintln!(
-        "observed: {} subscriptions: {survived} stayed up to the end, {gone} went with their node \
-         ({lost_with_their_node} events lost with them, for resume to give back); {} events",
-        lives.len(),
-        published.len()
-    );
-    eprintln!(
-        "figure: a node's SIGTERM -> the last poll on one of its queues answered 404: {:.2} s",
-        slowest_404.as_secs_f64()
-    );
-    let slowest_emit = published
-        .iter()
-        .map(|e| e.confirmed - e.requested)
-        .max()
-        .unwrap_or_default();
-    eprintln!(
-        "figure: slowest emit (request -> 202) through the restart: {:.2} s; events repeated \
-         after an error: {}",
-        slowest_emit.as_secs_f64(),
-        repeated.len()
-    );
-    assert!(
-        through_a_restart >= 3,
-        "subscriptions that stayed up through another node's restart: {through_a_restart}"
-    );
-    assert!(survived >= 3, "pages survived to the end: {survived}");
-    assert!(
-        gone >= 3,
-        "every node took some queues down with it: {gone}"
-    );
-    assert!(
-        ready.probes > 100,
-        "readyz asked throughout: {}",
-        ready.probes
-    );
-    assert!(
-        ready.not_ready.is_empty(),
-        "readyz said otherwise: {:?}",
-        ready.not_ready
-    );
-}
-
-/// One node's turn in the rolling restart, since the test started.
-#[derive(Debug, Clone, Copy)]
-struct Phase {
-    node: usize,
-    /// Its process had exited.
-    stopped: Duration,
-    /// Traffic done while it was away; its start begins.
-    back: Duration,
-}
-
-/// When a node began to go away, since the test started.
-#[derive(Debug, Clone, Copy)]
-struct Leaving {
-    /// Its pre-stop hook began (its queues serve until the stop).
-    prepared: Duration,
-    /// SIGTERM.
-    terminated: Duration,
-    phase: Phase,
-}
-
 // ---- helpers
-
-/// A gateway given the cluster's three nodes.
-async fn gateway_on(cluster: &RabbitCluster, poll_timeout: Duration) -> TestGateway {
-    let urls = cluster.amqp_urls().join(",");
-    TestGateway::start_with(Backend::Rabbit, |s| {
-        s.broker = BrokerUrl::parse(&urls).expect("the cluster's URLs");
-        s.poll_timeout = poll_timeout;
-    })
-    .await
-}
-
-/// This process's gateway connections per node, as RabbitMQ lists them (its background
-/// checks of a node left aside).
-async fn our_connections(cluster: &RabbitCluster) -> [usize; NODES] {
-    let ours = format!("longpoll-gateway pid={}", std::process::id());
-    let mut per_node = [0; NODES];
-    for c in cluster.connections().await {
-        if c.name.starts_with(&ours)
-            && !c.name.contains("node check")
-            && let Some(node) = c.node
-        {
-            per_node[node] += 1;
-        }
-    }
-    per_node
-}
-
-/// Waits (bounded) until the gateway's connections per node satisfy `done`; returns them.
-async fn wait_connections(
-    cluster: &RabbitCluster,
-    what: &str,
-    done: impl Fn(&[usize; NODES]) -> bool,
-) -> [usize; NODES] {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let seen = our_connections(cluster).await;
-        if done(&seen) {
-            return seen;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; the gateway's connections per node: {seen:?}"
-        );
-        // A rabbitmqctl run costs about a CPU-second: ask gently.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// The node of each queue named (all of them must be listed).
-async fn queue_nodes<'a>(
-    cluster: &RabbitCluster,
-    queues: impl Iterator<Item = &'a str>,
-) -> BTreeMap<String, usize> {
-    let listed: BTreeMap<String, Option<usize>> = cluster
-        .queues()
-        .await
-        .into_iter()
-        .map(|q| (q.name, q.pid_node))
-        .collect();
-    queues
-        .filter_map(|q| {
-            let node = listed.get(q).copied().flatten();
-            node.map(|n| (q.to_owned(), n))
-        })
-        .collect()
-}
 
 /// `longpoll_broker_node_up{broker_node="…"}`.
 async fn node_up(gw: &TestGateway, node: usize) -> f64 {
@@ -579,8 +278,4 @@ fn spawn_poll(gw: &TestGateway, key: &str, sequence: u64) -> JoinHandle<(Poll, I
         let poll = Poll::read(r).await;
         (poll, Instant::now())
     })
-}
-
-fn figure(what: &str, since: Instant) {
-    eprintln!("figure: {what}: {:.2} s", since.elapsed().as_secs_f64());
 }

@@ -8,7 +8,15 @@ import base64
 import helm_python
 import pytest
 
-from chartlib import FULLNAME, RABBITMQ, RABBITMQ_URL, VALUE_SETS, deep_merge, duration_seconds
+from chartlib import (
+    FULLNAME,
+    RABBITMQ,
+    RABBITMQ_URL,
+    VALUE_SETS,
+    binary_settings_source,
+    deep_merge,
+    duration_seconds,
+)
 
 # The contract's defaults, which the chart's defaults must agree with.
 PUBLIC_PORT = 8080
@@ -154,6 +162,9 @@ def test_settings_reach_the_binary_as_environment(render):
         "LONGPOLL_POLL_TIMEOUT": "270s",
         "LONGPOLL_MAX_POLLS": "100000",
         "LONGPOLL_REPLAY_TTL": "300s",
+        "LONGPOLL_HISTORY_STREAM": "longpoll.history",
+        "LONGPOLL_HISTORY_MAX_AGE": "1h",
+        "LONGPOLL_HISTORY_MAX_BYTES": "1GB",
         "LONGPOLL_CHANNEL_POOL_SIZE": "64",
         "LONGPOLL_LOG_FORMAT": "json",
         "LONGPOLL_PUBLIC_URL": "https://longpoll.example.com/longpoll/",
@@ -173,6 +184,20 @@ def test_settings_reach_the_binary_as_environment(render):
     }
     assert env["LONGPOLL_API_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert env["EXTRA"]["value"] == "1"
+
+
+def test_history_values_reach_the_binary_and_0_turns_it_off(render):
+    """config.history sets the three history settings the binary reads (resume_after)."""
+    config_src = binary_settings_source()
+    rendered = render({"config": {"history": {"stream": "events.history", "maxAge": "0", "maxBytes": "500MB"}}})
+    history = {k: v for k, v in rendered.config.items() if k.startswith("LONGPOLL_HISTORY_")}
+    assert history == {
+        "LONGPOLL_HISTORY_STREAM": "events.history",
+        "LONGPOLL_HISTORY_MAX_AGE": "0",
+        "LONGPOLL_HISTORY_MAX_BYTES": "500MB",
+    }
+    for name in history:
+        assert f'"{name}"' in config_src, f"{name} is not a setting of the binary"
 
 
 def test_secrets_stay_out_of_the_configmap(render):

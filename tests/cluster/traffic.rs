@@ -5,11 +5,13 @@
 //! timing ([`Published`]), every answer of `/readyz` that was not 200 ([`ReadyReport`]).
 //!
 //! Used by tests/broker_nodes.rs (included with `#[path]`, next to `client.rs`, whose
-//! [`Client`] it drives). A page subscribes again *without* `resume_after` for now: what its
-//! gone subscription missed is counted by the test, not given back.
+//! [`Client`] it drives) and tests/node_loss.rs. A page subscribes again when its
+//! subscription is gone: with `resume_after` (the last message it showed) when its
+//! [`PageOptions`] say so, the way `longpoll.js`'s `resubscribe` does; without, what the gone
+//! subscription missed is counted by the test, not given back.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -22,7 +24,7 @@ use crate::common::{self, TestGateway};
 
 // ---- a page: subscribes, polls by the contract's client rules, subscribes again when gone
 
-/// One subscription of a page, from its 201 to its end (a 404, or the test's end).
+/// One subscription of a page, from its 201 to its end (a 404, a sleep, or the test's end).
 #[derive(Debug)]
 pub struct Life {
     pub page: usize,
@@ -30,7 +32,23 @@ pub struct Life {
     /// Since the test started.
     pub subscribed: Duration,
     pub ended: Duration,
+    /// The message id the subscription was resumed after, if it was.
+    pub resume_after: Option<String>,
+    /// The subscription's answer: `resumed` (events replayed) and `gap`.
+    pub resumed: Option<u64>,
+    pub gap: bool,
     pub outcome: ClientOutcome,
+}
+
+/// How a page behaves besides polling.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageOptions {
+    /// When its subscription is gone (404), subscribe again with `resume_after` = the last
+    /// message the page showed, as `longpoll.js` does with its `resubscribe` option.
+    pub resume: bool,
+    /// Stop polling `after` its first subscription for `for_`, as a page in a background
+    /// tab or a sleeping laptop does, then poll again with the same key.
+    pub sleep: Option<(Duration, Duration)>,
 }
 
 /// A browser page on one event key: its subscriptions one after the other (a new one when
@@ -38,27 +56,50 @@ pub struct Life {
 pub struct Page {
     /// The progress of the subscription the page polls now.
     live: Arc<Mutex<Option<Arc<Progress>>>>,
+    /// The highest event number shown by the subscriptions that ended.
+    shown_before: Arc<AtomicU64>,
+    /// The page is asleep (it polls nothing now).
+    asleep: Arc<AtomicBool>,
     pub handle: JoinHandle<Vec<Life>>,
 }
 
 impl Page {
-    /// A page that polls `event` through fresh subscriptions until `stop`. (Without
-    /// `resume_after`: what a 404 loses is counted, not given back.)
-    pub fn start(
+    /// A page that polls `event` through fresh subscriptions until `stop`.
+    pub fn start_with(
         page: usize,
         gw: Arc<TestGateway>,
         event: String,
         stop: CancellationToken,
         started: Instant,
+        options: PageOptions,
     ) -> Self {
         let live = Arc::new(Mutex::new(None));
-        let shared = live.clone();
+        let shown_before = Arc::new(AtomicU64::new(0));
+        let asleep = Arc::new(AtomicBool::new(false));
+        let (shared, shown, sleeping) = (live.clone(), shown_before.clone(), asleep.clone());
         let handle = tokio::spawn(async move {
             let http = common::client();
             let mut lives = Vec::new();
+            let mut last_id: Option<String> = None;
+            let mut sleep = options.sleep;
+            let mut carried_key: Option<String> = None;
+            let first = started.elapsed();
             while !stop.is_cancelled() {
-                let Some(key) = subscribe(&http, &gw, &event, &stop).await else {
-                    break;
+                let (key, resume_after, resumed, gap) = match carried_key.take() {
+                    Some(key) => (key, None, None, false),
+                    None => {
+                        let resume_after = if options.resume && !lives.is_empty() {
+                            last_id.clone()
+                        } else {
+                            None
+                        };
+                        let Some(answer) =
+                            subscribe(&http, &gw, &event, resume_after.as_deref(), &stop).await
+                        else {
+                            break;
+                        };
+                        (answer.key, resume_after, answer.resumed, answer.gap)
+                    }
                 };
                 let subscribed = started.elapsed();
                 let progress = Arc::new(Progress::default());
@@ -71,54 +112,130 @@ impl Page {
                     request_timeout: Duration::from_secs(40),
                     trace_len: 16,
                 };
+                // A page about to sleep stops polling then (its held poll is aborted, as
+                // a frozen tab's is).
+                let until = stop.child_token();
+                let nap = sleep.take().inspect(|&(after, _)| {
+                    let until = until.clone();
+                    let at = (first + after).saturating_sub(started.elapsed());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(at).await;
+                        until.cancel();
+                    });
+                });
                 let outcome = client
-                    .run(http.clone(), progress, stop.clone(), started)
+                    .run(http.clone(), progress.clone(), until.clone(), started)
                     .await;
                 *shared.lock().await = None;
+                shown.fetch_max(
+                    progress.last_event.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+                if let Some(id) = outcome.ids.last() {
+                    last_id = Some(id.clone());
+                }
                 let gone = outcome.stopped.is_some();
+                let slept = !gone && until.is_cancelled() && !stop.is_cancelled();
                 lives.push(Life {
                     page,
-                    key,
+                    key: key.clone(),
                     subscribed,
                     ended: started.elapsed(),
+                    resume_after,
+                    resumed,
+                    gap,
                     outcome,
                 });
+                match nap {
+                    Some((_, for_)) if slept => {
+                        sleeping.store(true, Ordering::Relaxed);
+                        tokio::select! {
+                            _ = tokio::time::sleep(for_) => {}
+                            _ = stop.cancelled() => {}
+                        }
+                        sleeping.store(false, Ordering::Relaxed);
+                        // Awake: the same key again, which may be gone by now.
+                        carried_key = Some(key);
+                        continue;
+                    }
+                    // Gone before its sleep: the next subscription sleeps instead.
+                    Some(plan) => sleep = Some(plan),
+                    None => {}
+                }
                 if !gone {
                     break;
                 }
             }
             lives
         });
-        Page { live, handle }
+        Page {
+            live,
+            shown_before,
+            asleep,
+            handle,
+        }
     }
 
-    /// The page shows `n` (or has no subscription now).
-    pub async fn has_shown(&self, n: u64) -> bool {
-        match self.live.lock().await.as_ref() {
-            Some(p) => p.last_event.load(Ordering::Relaxed) >= n,
-            None => true,
-        }
+    /// The highest event number the page has shown, whichever subscription showed it.
+    pub async fn last_shown(&self) -> u64 {
+        let live = match self.live.lock().await.as_ref() {
+            Some(p) => p.last_event.load(Ordering::Relaxed),
+            None => 0,
+        };
+        live.max(self.shown_before.load(Ordering::Relaxed))
+    }
+
+    /// The page sleeps now.
+    pub fn is_asleep(&self) -> bool {
+        self.asleep.load(Ordering::Relaxed)
     }
 }
 
-/// What a page's backend does: a subscription to `event`, asked again until it is given.
+/// What the page's backend got from `POST /api/v1/subscriptions`.
+struct Subscribed {
+    key: String,
+    resumed: Option<u64>,
+    gap: bool,
+}
+
+/// What a page's backend does: a subscription to `event` (resumed after `resume_after`
+/// when given), asked again until it is given.
 async fn subscribe(
     http: &reqwest::Client,
     gw: &TestGateway,
     event: &str,
+    resume_after: Option<&str>,
     stop: &CancellationToken,
-) -> Option<String> {
+) -> Option<Subscribed> {
+    let mut body = json!({ "event_keys": [event] });
+    if let Some(after) = resume_after {
+        body["resume_after"] = json!(after);
+    }
     while !stop.is_cancelled() {
         let r = http
             .post(format!("{}/api/v1/subscriptions", gw.base))
             .bearer_auth(common::TOKEN)
-            .json(&json!({ "event_keys": [event] }))
+            .json(&body)
+            .timeout(Duration::from_secs(30))
             .send()
             .await;
         match r {
             Ok(r) if r.status() == 201 => {
                 let body: serde_json::Value = r.json().await.ok()?;
-                return body["key"].as_str().map(str::to_owned);
+                return Some(Subscribed {
+                    key: body["key"].as_str()?.to_owned(),
+                    resumed: body["resumed"].as_u64(),
+                    gap: body["gap"].as_bool().unwrap_or(false),
+                });
+            }
+            // Only the broker's state may refuse for now (503, or no answer): a 4xx is a
+            // defect, whatever the cluster is going through.
+            Ok(r) if r.status().is_client_error() => {
+                let status = r.status();
+                panic!(
+                    "a subscription answered {status}: {}",
+                    r.text().await.unwrap_or_default()
+                );
             }
             other => {
                 eprintln!("observed: a subscription refused: {other:?}");

@@ -653,6 +653,11 @@ impl Connections {
             .map_err(|e| from_pool(e, "connection"))
     }
 
+    /// The most connections the pool holds.
+    pub(crate) fn max_size(&self) -> usize {
+        self.0.status().max_size
+    }
+
     /// The nodes these connections go to.
     pub(crate) fn nodes(&self) -> &Arc<Nodes> {
         &self.0.manager().nodes

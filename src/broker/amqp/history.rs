@@ -569,34 +569,63 @@ struct StreamReader {
 }
 
 impl StreamReader {
+    /// A consumer of the stream from `offset`. RabbitMQ serves a stream
+    /// consumer only on a node that holds a replica of the stream, and a
+    /// node restarted moments ago may not have its replica back yet (406
+    /// "does not have a replica on the local node"): another connection of
+    /// the pool is tried then (the refused ones are held meanwhile, so that
+    /// the next is another, often on another node). When none will do, the
+    /// broker is unavailable for now (503 with Retry-After), not in conflict.
     async fn open(
         connections: &Connections,
         stream: &str,
         offset: AMQPValue,
     ) -> Result<Self, BrokerError> {
-        let channel = open_channel(connections).await?;
-        // A stream consumer needs a prefetch, and acks for credit.
-        channel
-            .basic_qos(READ_PREFETCH, BasicQosOptions::default())
-            .await
-            .map_err(|e| from_lapin_on(&e, &[]))?;
-        let mut args = FieldTable::default();
-        args.insert("x-stream-offset".into(), offset);
-        let consumer = channel
-            .basic_consume(
-                short(stream)?,
-                short("")?,
-                BasicConsumeOptions::default(),
-                args,
-            )
-            .await
-            .map_err(|e| from_lapin_on(&e, &[stream]))?;
-        Ok(StreamReader {
-            channel,
-            consumer,
-            stream: stream.to_owned(),
-            since_ack: 0,
-        })
+        let mut refused = Vec::new();
+        loop {
+            let conn = connections.get().await?;
+            let channel = conn
+                .create_channel()
+                .await
+                .map_err(|e| from_lapin_on(&e, &[]))?;
+            // A stream consumer needs a prefetch, and acks for credit.
+            channel
+                .basic_qos(READ_PREFETCH, BasicQosOptions::default())
+                .await
+                .map_err(|e| from_lapin_on(&e, &[]))?;
+            let mut args = FieldTable::default();
+            args.insert("x-stream-offset".into(), offset.clone());
+            let consumed = channel
+                .basic_consume(
+                    short(stream)?,
+                    short("")?,
+                    BasicConsumeOptions::default(),
+                    args,
+                )
+                .await
+                .map_err(|e| from_lapin_on(&e, &[stream]));
+            match consumed {
+                Ok(consumer) => {
+                    return Ok(StreamReader {
+                        channel,
+                        consumer,
+                        stream: stream.to_owned(),
+                        since_ack: 0,
+                    });
+                }
+                Err(e) if no_local_replica(&e) => {
+                    tracing::debug!(error = %e, "no replica of the history stream on this connection's node");
+                    refused.push(conn);
+                    if refused.len() >= connections.max_size() {
+                        return Err(BrokerError::new(
+                            BrokerErrorKind::Unavailable,
+                            "no broker node in reach holds a replica of the history stream now",
+                        ));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Reads up to the fence `fence`, handing each event before it to `each`
@@ -658,6 +687,14 @@ impl StreamReader {
             let _ = self.channel.close(200, "resume done".into()).await;
         }
     }
+}
+
+/// RabbitMQ's refusal of a stream consumer on a node without a replica of
+/// the stream (a node restarted moments ago): a state that passes.
+fn no_local_replica(e: &BrokerError) -> bool {
+    e.kind() == BrokerErrorKind::PreconditionFailed
+        && e.to_string()
+            .contains("does not have a replica on the local node")
 }
 
 /// The fence id a message carries, if it is a fence.
