@@ -589,3 +589,28 @@ async fn next_second() -> u64 {
 fn figure(what: &str, since: Instant) {
     eprintln!("figure: {what}: {:.1} s", since.elapsed().as_secs_f64());
 }
+
+/// Not a test: a cluster held for a benchmark run by hand (benches/README.md, "What history
+/// costs"). Writes the nodes' AMQP URLs (comma-separated) and their beam pids to the file
+/// named by `LONGPOLL_HOLD_CLUSTER_FILE`, then holds the cluster until that file is removed
+/// (or 30 minutes), and stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "holds a cluster for a benchmark run by hand"]
+async fn hold_a_cluster_for_a_benchmark() {
+    let file = std::env::var("LONGPOLL_HOLD_CLUSTER_FILE")
+        .expect("LONGPOLL_HOLD_CLUSTER_FILE names the file to write the URLs to");
+    let cluster = RabbitCluster::start().await;
+    let pids: Vec<String> = (0..NODES)
+        .map(|n| cluster.os_pid(n).expect("a running node").to_string())
+        .collect();
+    std::fs::write(
+        &file,
+        format!("{}\n{}\n", cluster.amqp_urls().join(","), pids.join(" ")),
+    )
+    .expect("the file written");
+    eprintln!("holding the cluster until {file} is removed");
+    let deadline = Instant::now() + Duration::from_secs(30 * 60);
+    while std::path::Path::new(&file).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
