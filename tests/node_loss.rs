@@ -278,7 +278,12 @@ async fn pages_per_node(cluster: &RabbitCluster, gw: &TestGateway) -> [usize; NO
 }
 
 /// (a) and (b): SIGKILL one node under traffic, then bring it back.
-async fn kill_one_node(what: &str, choose: impl Fn([usize; NODES], [usize; NODES]) -> usize) {
+/// `choose` gets the gateway's connections per node, the pages' queues per node and the
+/// node of the history stream's leader.
+async fn kill_one_node(
+    what: &str,
+    choose: impl Fn([usize; NODES], [usize; NODES], Option<usize>) -> usize,
+) {
     let scenario = Scenario::start(
         what,
         |_| {},
@@ -290,10 +295,15 @@ async fn kill_one_node(what: &str, choose: impl Fn([usize; NODES], [usize; NODES
     .await;
     let connections = our_connections(&scenario.cluster).await;
     let queues = pages_per_node(&scenario.cluster, &scenario.gw).await;
-    let victim = choose(connections, queues);
+    let leader = scenario
+        .cluster
+        .leader_of_stream(&scenario.gw.settings.history.stream)
+        .await;
+    let victim = choose(connections, queues, leader);
     eprintln!(
         "observed: the gateway's connections per node {connections:?}, the pages' queues per \
-         node {queues:?}: SIGKILL node {}",
+         node {queues:?}, the history's leader on node {:?}: SIGKILL node {}",
+        leader.map(|n| n + 1),
         victim + 1
     );
     let ready = ReadyWatch::start(&scenario.gw);
@@ -330,7 +340,7 @@ async fn kill_one_node(what: &str, choose: impl Fn([usize; NODES], [usize; NODES
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_of_the_node_the_gateway_is_connected_to_loses_no_event() {
     // Most of the gateway's connections; among equals, the fewest pages' queues.
-    kill_one_node("a", |connections, queues| {
+    kill_one_node("a", |connections, queues, _| {
         (0..NODES)
             .max_by_key(|&n| (connections[n], std::cmp::Reverse(queues[n])))
             .expect("a node")
@@ -340,10 +350,19 @@ async fn a_sigkill_of_the_node_the_gateway_is_connected_to_loses_no_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_of_the_node_holding_queues_loses_no_event_their_pages_resume() {
-    // Most of the pages' queues; among equals, the fewest of the gateway's connections.
-    kill_one_node("b", |connections, queues| {
+    // A node with some of the pages' queues, the history stream's leader if it holds any
+    // (its loss stops resumes until another replica leads, and RabbitMQ then closes the
+    // connections that published to the stream, on every node); then the most queues.
+    kill_one_node("b", |connections, queues, leader| {
         (0..NODES)
-            .max_by_key(|&n| (queues[n], std::cmp::Reverse(connections[n])))
+            .max_by_key(|&n| {
+                (
+                    queues[n] > 0,
+                    Some(n) == leader,
+                    queues[n],
+                    std::cmp::Reverse(connections[n]),
+                )
+            })
             .expect("a node")
     })
     .await;

@@ -116,6 +116,21 @@ fn mark_lost(inner: &Inner, why: &str) {
     inner.topology.forget_exchange();
 }
 
+/// How long the connections lost all at once may take to come back before
+/// the broker is said to be unreachable (`/readyz` 503).
+const RECONNECT_AT_ONCE: Duration = Duration::from_secs(1);
+
+/// Every connection was lost at once, yet a node may still answer: RabbitMQ
+/// closes every connection whose channel published to a stream whose leader
+/// just died (541 INTERNAL_ERROR), on nodes that stay up. One quick attempt
+/// tells that from a broker gone.
+async fn reconnects_at_once(inner: &Inner) -> bool {
+    matches!(
+        tokio::time::timeout(RECONNECT_AT_ONCE, inner.connections.fill()).await,
+        Ok(Ok(_))
+    )
+}
+
 /// How often a connection may be moved to a node that holds fewer: each move
 /// ends the consumers on the connection moved (their polls carry on).
 const REBALANCE_EVERY: Duration = Duration::from_secs(5);
@@ -151,7 +166,7 @@ pub(crate) async fn supervise(inner: Weak<Inner>, stop: CancellationToken) {
                 tokio::select! {
                     _ = nodes.connection_lost() => {
                         if let Some(strong) = inner.upgrade() {
-                            if nodes.up().is_empty() {
+                            if nodes.up().is_empty() && !reconnects_at_once(&strong).await {
                                 // The last node that served is gone: say so now,
                                 // before the reconnect below (which may take a while).
                                 mark_lost(&strong, "connection lost");
