@@ -26,7 +26,7 @@ use std::time::Instant;
 use deadpool::managed::{self, Metrics as PoolMetrics, RecycleError, RecycleResult};
 use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
 
-use super::connections::{Connections, pool_settings};
+use super::connections::{Connection, Connections, pool_settings};
 use super::errors::from_lapin_on;
 use crate::broker::{BrokerError, BrokerErrorKind};
 use crate::telemetry::Metrics;
@@ -52,9 +52,17 @@ pub(crate) fn op_channel_pool(
 /// `channel_max` (2047 on RabbitMQ) such closes. A connection found exhausted
 /// is taken out of the pool and closed; the pool opens a fresh one.
 pub(crate) async fn open_channel(connections: &Connections) -> Result<lapin::Channel, BrokerError> {
-    let conn = connections.get().await?;
+    let (channel, _) = open_channel_on(connections.get().await?).await?;
+    Ok(channel)
+}
+
+/// A channel on `conn`, and the connection back (to hold on to it); a
+/// connection out of channel ids is replaced, as by [`open_channel`].
+pub(crate) async fn open_channel_on(
+    conn: Connection,
+) -> Result<(lapin::Channel, Connection), BrokerError> {
     match conn.create_channel().await {
-        Ok(channel) => Ok(channel),
+        Ok(channel) => Ok((channel, conn)),
         Err(e) if matches!(e.kind(), lapin::ErrorKind::ChannelsLimitReached) => {
             let conn = conn.detach();
             tracing::info!("an AMQP connection ran out of channel ids; replacing it");

@@ -62,7 +62,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Confirmation};
 
 use super::broker::Inner;
-use super::channels::open_channel;
+use super::channels::{open_channel, open_channel_on};
 use super::connections::Connections;
 use super::delivery::message_id;
 use super::errors::{from_lapin_on, short};
@@ -583,11 +583,7 @@ impl StreamReader {
     ) -> Result<Self, BrokerError> {
         let mut refused = Vec::new();
         loop {
-            let conn = connections.get().await?;
-            let channel = conn
-                .create_channel()
-                .await
-                .map_err(|e| from_lapin_on(&e, &[]))?;
+            let (channel, conn) = open_channel_on(connections.get().await?).await?;
             // A stream consumer needs a prefetch, and acks for credit.
             channel
                 .basic_qos(READ_PREFETCH, BasicQosOptions::default())
