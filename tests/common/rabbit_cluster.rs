@@ -277,10 +277,16 @@ impl RabbitCluster {
             dir,
             _slot_lock: slot_lock,
         };
-        for i in 0..NODES {
+        // Node 1 boots alone first: a node that joins it while it is still creating its
+        // tables can wipe them under it (RabbitMQ 3.10 then fails node 1's boot with
+        // `no_exists rabbit_durable_queue`, and every later boot with
+        // `user_already_exists`). Nodes 2 and 3 join a node that is up, side by side.
+        cluster.spawn_node(0).await;
+        cluster.wait_accepting(0, BOOT_LIMIT).await;
+        for i in 1..NODES {
             cluster.spawn_node(i).await;
         }
-        for i in 0..NODES {
+        for i in 1..NODES {
             cluster.wait_accepting(i, BOOT_LIMIT).await;
         }
         cluster.wait_clustered().await;
