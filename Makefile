@@ -33,6 +33,7 @@ deps:
 	scripts/ensure-rabbitmq
 	scripts/ensure-nextest
 	scripts/cluster-test --prepare
+	scripts/browser-test --prepare
 
 lint: fmt-check clippy deny
 
