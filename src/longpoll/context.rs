@@ -122,6 +122,7 @@ mod tests {
             ("longpoll.subscribe.k", 3)
         );
         assert_eq!(poll.seen, Some(SeenIds::parse("a,b")));
+        assert_eq!(poll.max, 1);
         assert_eq!(ctx.last_answered, None);
     }
 
@@ -154,6 +155,7 @@ mod tests {
             uuid: "q".into(),
             sequence: 2,
             seen: Some(SeenIds::parse("m1")),
+            max: 1,
         };
         assert!(with_seen.client_has(None, "m1", false));
         assert!(

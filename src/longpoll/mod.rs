@@ -15,5 +15,7 @@ pub mod sequence;
 pub use context::{Asked, PollContext};
 pub use handler::PollHandler;
 pub use outcome::{Answer, DeliveredAnswer, MESSAGE_ID_HEADER, PollOutcome, SEQUENCE_HEADER};
-pub use request::{PollQuery, PollRequest, QueryRejection, QueueRules, SeenIds, parse_query};
+pub use request::{
+    MAX_MESSAGES, PollQuery, PollRequest, QueryRejection, QueueRules, SeenIds, parse_query,
+};
 pub use sequence::{SequenceDedupLayer, SequenceStore};

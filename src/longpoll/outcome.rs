@@ -129,6 +129,9 @@ impl IntoResponse for PollOutcome {
             PollOutcome::Rejected(QueryRejection::InvalidSequence) => {
                 text(StatusCode::BAD_REQUEST, "Invalid sequence")
             }
+            PollOutcome::Rejected(QueryRejection::InvalidMax) => {
+                text(StatusCode::BAD_REQUEST, "Invalid max")
+            }
             PollOutcome::NotFound => text(StatusCode::NOT_FOUND, "Not found"),
             // A handle still here (no sequence layer took it) requeues as it drops.
             PollOutcome::Message(delivered) => answer_response(&delivered.answer),
