@@ -198,6 +198,7 @@ impl PollHandler {
             };
             let mut kept: Vec<Delivery> = Vec::with_capacity(deliveries.len());
             let mut alone: Option<(Delivery, bool)> = None;
+            let mut back: Vec<Acker> = Vec::new();
             let mut rest = deliveries.into_iter();
             for delivery in rest.by_ref() {
                 let flags = inspect_body(&delivery.body, &request.uuid);
@@ -210,15 +211,17 @@ impl PollHandler {
                         alone = Some((delivery, flags.is_error));
                     } else {
                         // Back to its place, to come first in the next poll.
-                        settle_aside(delivery.acker, Settling::Requeue);
+                        back.push(delivery.acker);
                     }
                     break;
                 }
                 kept.push(delivery);
             }
-            // What came after a message answered alone goes back too, in order.
-            if let Some(after) = Acker::join(rest.map(|d| d.acker)) {
-                settle_aside(after, Settling::Requeue);
+            // What came after it goes back too: one requeue, in queue order, so
+            // that a consumer free to take the queue's head gets them in order.
+            back.extend(rest.map(|d| d.acker));
+            if let Some(back) = Acker::join(back) {
+                settle_aside(back, Settling::Requeue);
             }
             if let Some((delivery, is_error)) = alone {
                 // As without `max`: one message, its body as it is.
