@@ -20,6 +20,11 @@
  * 409 "Superseded": another poller owns the key, stop. 409 "Stale sequence":
  * go on from the sequence the answer names, plus one.
  *
+ * With the `max` option (2–100) a poll sends max={k}, and an answer that says
+ * X-Longpoll-Count is a JSON array of that many messages (their ids in
+ * X-Longpoll-Message-Ids): the client fires them one by one, in order, as it
+ * fires a single message. The answer is one sequence.
+ *
  * A subscription can go away (expired while the page slept, or its queue lost
  * with a RabbitMQ node). With the `resubscribe` option the client asks the
  * page's backend for a new one that resumes after `lastMessageId` (the backend
@@ -31,6 +36,8 @@ var LongPoll = (function () {
 
   var SEQUENCE_HEADER = 'X-Longpoll-Sequence';
   var MESSAGE_ID_HEADER = 'X-Longpoll-Message-Id';
+  var COUNT_HEADER = 'X-Longpoll-Count';
+  var MESSAGE_IDS_HEADER = 'X-Longpoll-Message-Ids';
 
   // Names the client fires itself; a message whose event_key is one of these
   // only fires `message`, so that it cannot pass for a lifecycle event.
@@ -76,6 +83,10 @@ var LongPoll = (function () {
      *  sequence 1 and fires `gap` when `gap` is true. Resolving to null stops
      *  the client (`gone`); a rejection is retried with the backoff. */
     resubscribe: undefined,
+    /** Most messages one answer may carry (1–100): above 1, each poll sends
+     *  `max` and the messages already waiting come in one answer, fired one
+     *  by one, in order. 1 polls as txlongpoll's clients do. */
+    max: 1,
   };
 
   function ownEvent(type, detail) {
@@ -187,6 +198,8 @@ var LongPoll = (function () {
       if (this.options.proofIds > 0 && this._seen.capacity > 0) {
         url.searchParams.set('seen', this._seen.recent(this.options.proofIds).join(','));
       }
+      var max = Math.min(100, Math.floor(Number(this.options.max)) || 1);
+      if (max > 1) url.searchParams.set('max', String(max));
       return url.href;
     }
 
@@ -253,7 +266,10 @@ var LongPoll = (function () {
 
     _answer(response, body, sequence, elapsed) {
       var status = response.status;
-      if (status === 200) return this._message(response, body, sequence, false);
+      if (status === 200) {
+        if (response.headers.get(COUNT_HEADER) !== null) return this._messages(response, body, sequence);
+        return this._message(response, body, sequence, false);
+      }
       if (status === 400) {
         // A message with an `error` key is answered 400 (txlongpoll). It is a
         // message: move on, or the gateway would replay it forever. Anything
@@ -294,12 +310,51 @@ var LongPoll = (function () {
       this._poll();
     }
 
+    /** An answer of several messages (`max`): one sequence, its messages
+     *  fired in order, each checked for a duplicate as a single one is. */
+    _messages(response, body, sequence) {
+      var last = response.headers.get(MESSAGE_ID_HEADER);
+      var listed = response.headers.get(MESSAGE_IDS_HEADER);
+      var ids = listed === null || listed === '' ? [] : listed.split(',');
+      this.sequence = sequence + 1;
+      this.failures = 0;
+      var data = parseJson(body);
+      if (!Array.isArray(data)) {
+        this._emitError({ reason: 'parse', body: body, sequence: sequence, messageId: last, fatal: false });
+        if (last !== null) this._seen.add(last);
+        this._poll();
+        return;
+      }
+      for (var i = 0; i < data.length; i++) {
+        // The ids header names every message; without it (a proxy dropped
+        // it), only the last one's id is known.
+        var id = ids.length === data.length ? ids[i] : (i === data.length - 1 ? last : null);
+        if (id !== null && this._seen.has(id)) {
+          this.duplicates += 1;
+          this._seen.add(id);
+          continue;
+        }
+        if (id !== null) {
+          this._seen.add(id);
+          this.lastMessageId = id;
+        }
+        this._fire(data[i], sequence, id, false);
+      }
+      this._poll();
+    }
+
     _deliver(body, sequence, id, isError) {
       var data = parseJson(body);
       if (data === undefined) {
         this._emitError({ reason: 'parse', body: body, sequence: sequence, messageId: id, fatal: false });
         return;
       }
+      this._fire(data, sequence, id, isError);
+    }
+
+    /** Fires `message` (and the message's event_key, or `error` for an error
+     *  message) for one parsed message. */
+    _fire(data, sequence, id, isError) {
       var self = this;
       function fire(type) {
         var event = ownEvent(type, data);

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use longpoll_gateway::broker::memory::topic_matches;
 use longpoll_gateway::longpoll::sequence::Decision;
-use longpoll_gateway::longpoll::{Answer, PollOutcome, SequenceStore, parse_query};
+use longpoll_gateway::longpoll::{Answer, MessageIds, PollOutcome, SequenceStore, parse_query};
 use longpoll_gateway::telemetry::Metrics;
 
 fn query_parsing(c: &mut Criterion) {
@@ -38,7 +38,7 @@ fn sequence_store(c: &mut Criterion) {
         Arc::new(Answer {
             sequence: seq,
             body: Bytes::from_static(b"{\"event_key\":\"k\"}"),
-            message_id: "id".into(),
+            ids: MessageIds::One("id".into()),
             is_error: false,
         })
     };
@@ -60,7 +60,7 @@ fn response_building(c: &mut Criterion) {
     let answer = Arc::new(Answer {
         sequence: 42,
         body: Bytes::from(vec![b'x'; 250]),
-        message_id: "3f1c2d4e-1111-2222-3333-444455556666".into(),
+        ids: MessageIds::One("3f1c2d4e-1111-2222-3333-444455556666".into()),
         is_error: false,
     });
     c.bench_function("answer_response", |b| {

@@ -104,6 +104,8 @@ async fn a_poll_answer_exposes_the_long_poll_headers_and_retry_after() {
     for header in [
         "x-longpoll-sequence",
         "x-longpoll-message-id",
+        "x-longpoll-count",
+        "x-longpoll-message-ids",
         "retry-after",
     ] {
         assert!(

@@ -41,6 +41,7 @@ fn query_piece() -> impl Strategy<Value = String> {
         Just("uuid=longpoll.subscribe.".to_owned()),
         "[a-z0-9.%+=&_-]{0,40}",
         "sequence=[0-9+-]{0,25}",
+        "max=[0-9a-z+-]{0,4}",
         "uuid=longpoll\\.subscribe\\.[!-~]{0,30}",
         "[!-~]{0,20}",
     ]
@@ -99,7 +100,7 @@ fn arbitrary_queries_get_only_the_contracts_answers() {
         match status {
             200 => prop_assert_eq!(body.as_str(), "Async frontend for longpoll.subscribe."),
             400 => prop_assert!(
-                matches!(body.as_str(), "Invalid request" | "Invalid sequence" | ""),
+                matches!(body.as_str(), "Invalid request" | "Invalid sequence" | "Invalid max" | ""),
                 "400 with {:?} for {}", body, target
             ),
             404 => {}

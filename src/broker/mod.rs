@@ -7,9 +7,11 @@
 //! Must not: know about HTTP, sequences or subscribers' keys beyond queue names.
 //!
 //! The semantics both implementations share (and the contract tests check on both):
-//! a queue has at most one unacked message per replica (prefetch 1); a message
-//! that is neither acked nor kept goes back to its queue at its place; a
-//! redelivered message says so and keeps its message id.
+//! a queue has at most one unacked message per replica (prefetch 1) — but for
+//! the messages [`Broker::next_messages`] takes along with it, already
+//! waiting, for one answer of several; a message that is neither acked nor
+//! kept goes back to its queue at its place; a redelivered message says so and
+//! keeps its message id.
 //!
 //! Both also keep a bounded **history** of published events (a RabbitMQ
 //! stream, or memory) from which [`Broker::resume_subscription`] fills a new
@@ -126,12 +128,18 @@ pub trait Settle: Send + Sync {
     async fn requeue(&self) -> Result<(), BrokerError>;
 }
 
-/// The handle that settles one delivery. Dropping it unsettled requeues the
-/// message, so a poll abandoned at any point loses nothing.
+/// The handle that settles one delivery — or, [joined](Acker::join), the
+/// deliveries of one answer, settled as one. Dropping it unsettled requeues
+/// the message (every message joined in it, in order), so a poll abandoned at
+/// any point loses nothing.
 pub struct Acker {
     settle: Option<Box<dyn Settle>>,
     metrics: Arc<Metrics>,
     trace: Option<SettleTrace>,
+    /// The messages of the same answer after this one, in queue order: acked
+    /// and requeued with it, each after the one before. Empty for a single
+    /// message (no allocation).
+    joined: Vec<Acker>,
 }
 
 impl Acker {
@@ -140,7 +148,32 @@ impl Acker {
             settle: Some(settle),
             metrics,
             trace: None,
+            joined: Vec::new(),
         }
+    }
+
+    /// One handle for the messages of one answer, given in queue order: they
+    /// are acked whole, requeued whole (each at its place, first to last), and
+    /// requeued whole when the handle is dropped. `None` for no ackers.
+    pub fn join(ackers: impl IntoIterator<Item = Acker>) -> Option<Acker> {
+        let mut ackers = ackers.into_iter();
+        let mut head = ackers.next()?;
+        for mut acker in ackers {
+            let rest = std::mem::take(&mut acker.joined);
+            head.joined.push(acker);
+            head.joined.extend(rest);
+        }
+        Some(head)
+    }
+
+    /// How many messages this handle settles.
+    pub fn len(&self) -> usize {
+        1 + self.joined.len()
+    }
+
+    /// Never: a handle settles at least one message.
+    pub fn is_empty(&self) -> bool {
+        false
     }
 
     /// Records the ack/reject spans of this message (when tracing is enabled).
@@ -154,7 +187,26 @@ impl Acker {
         self.trace.as_ref().map(|t| t.parent.clone())
     }
 
+    /// Acks every message of the handle, in order; the first error, if any
+    /// (the others are acked all the same).
     pub async fn ack(mut self) -> Result<(), BrokerError> {
+        let mut result = self.ack_one().await;
+        for mut part in std::mem::take(&mut self.joined) {
+            result = result.and(part.ack_one().await);
+        }
+        result
+    }
+
+    /// Requeues every message of the handle, first to last; the first error.
+    pub async fn requeue(mut self) -> Result<(), BrokerError> {
+        let mut result = self.requeue_one().await;
+        for mut part in std::mem::take(&mut self.joined) {
+            result = result.and(part.requeue_one().await);
+        }
+        result
+    }
+
+    async fn ack_one(&mut self) -> Result<(), BrokerError> {
         match self.settle.take() {
             Some(s) => {
                 let start = SystemTime::now();
@@ -172,7 +224,7 @@ impl Acker {
         }
     }
 
-    pub async fn requeue(mut self) -> Result<(), BrokerError> {
+    async fn requeue_one(&mut self) -> Result<(), BrokerError> {
         match self.settle.take() {
             Some(s) => requeue(s, self.metrics.clone(), self.trace.take()).await,
             None => Ok(()),
@@ -202,20 +254,31 @@ async fn requeue(
 
 impl Drop for Acker {
     fn drop(&mut self) {
-        if let Some(settle) = self.settle.take() {
-            let (metrics, trace) = (self.metrics.clone(), self.trace.take());
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn(async move {
-                        if let Err(e) = requeue(settle, metrics, trace).await {
-                            tracing::debug!(error = %e, "requeue of an abandoned delivery failed (the broker requeues it when the channel closes)");
-                        }
-                    });
-                }
-                Err(_) => tracing::debug!(
-                    "no runtime to requeue an abandoned delivery; the broker requeues it when the channel closes"
-                ),
+        let head = self.settle.take();
+        let joined = std::mem::take(&mut self.joined);
+        if head.is_none() && joined.is_empty() {
+            return;
+        }
+        let (metrics, trace) = (self.metrics.clone(), self.trace.take());
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                // One task for the whole answer: its messages go back in order.
+                rt.spawn(async move {
+                    let mut result = match head {
+                        Some(settle) => requeue(settle, metrics, trace).await,
+                        None => Ok(()),
+                    };
+                    for mut part in joined {
+                        result = result.and(part.requeue_one().await);
+                    }
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "requeue of an abandoned delivery failed (the broker requeues it when the channel closes)");
+                    }
+                });
             }
+            Err(_) => tracing::debug!(
+                "no runtime to requeue an abandoned delivery; the broker requeues it when the channel closes"
+            ),
         }
     }
 }
@@ -224,6 +287,7 @@ impl fmt::Debug for Acker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Acker")
             .field("settled", &self.settle.is_none())
+            .field("joined", &self.joined.len())
             .finish()
     }
 }
@@ -344,6 +408,15 @@ pub trait Broker: Send + Sync + 'static {
     /// `NotFound` when the queue does not exist. Cancel-safe: dropping the
     /// future leaves the queue as it was.
     async fn next_message(&self, queue: &str) -> Result<Delivery, BrokerError>;
+
+    /// The messages of one answer of up to `max` (a poll's `max`): waits for
+    /// the next message as [`next_message`](Broker::next_message) does, then
+    /// takes up to `max - 1` more that are already waiting, without waiting
+    /// for any: at least one, in queue order, each with its own [`Acker`]
+    /// ([`Acker::join`] settles them as one). `max` 1 takes exactly what
+    /// `next_message` takes, with the same prefetch-1 semantics. Cancel-safe
+    /// as `next_message` is.
+    async fn next_messages(&self, queue: &str, max: usize) -> Result<Vec<Delivery>, BrokerError>;
 
     /// Declares a subscription queue (expiring when unused) bound to each event key.
     async fn declare_subscription(
@@ -491,6 +564,59 @@ mod tests {
         assert!(!BrokerErrorKind::NotFound.is_recoverable());
         assert!(!BrokerErrorKind::AccessRefused.is_recoverable());
         assert!(!BrokerErrorKind::PreconditionFailed.is_recoverable());
+    }
+
+    /// Settles that write down what became of each message: "ack 1", "requeue 2".
+    fn recording(log: &Arc<std::sync::Mutex<Vec<String>>>, ids: &[&str]) -> Vec<Acker> {
+        struct Record(Arc<std::sync::Mutex<Vec<String>>>, String);
+        #[async_trait]
+        impl Settle for Record {
+            async fn ack(&self) -> Result<(), BrokerError> {
+                self.0.lock().unwrap().push(format!("ack {}", self.1));
+                Ok(())
+            }
+            async fn requeue(&self) -> Result<(), BrokerError> {
+                self.0.lock().unwrap().push(format!("requeue {}", self.1));
+                Ok(())
+            }
+        }
+        let metrics = Arc::new(Metrics::new());
+        ids.iter()
+            .map(|id| Acker::new(Box::new(Record(log.clone(), (*id).into())), metrics.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_joined_acker_settles_its_messages_as_one_in_order() {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        assert!(Acker::join(Vec::new()).is_none());
+        let mut parts = recording(&log, &["1", "2", "3", "4"]);
+        let last = parts.pop().unwrap();
+        // Joining a joined handle keeps the order flat.
+        let joined = Acker::join([Acker::join(parts).unwrap(), last]).unwrap();
+        assert_eq!(joined.len(), 4);
+        joined.ack().await.unwrap();
+        assert_eq!(*log.lock().unwrap(), ["ack 1", "ack 2", "ack 3", "ack 4"]);
+        log.lock().unwrap().clear();
+        Acker::join(recording(&log, &["1", "2"]))
+            .unwrap()
+            .requeue()
+            .await
+            .unwrap();
+        assert_eq!(*log.lock().unwrap(), ["requeue 1", "requeue 2"]);
+    }
+
+    #[tokio::test]
+    async fn a_joined_acker_dropped_unsettled_requeues_every_message_in_order() {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        drop(Acker::join(recording(&log, &["1", "2", "3"])).unwrap());
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["requeue 1", "requeue 2", "requeue 3"]
+        );
     }
 
     #[test]

@@ -351,6 +351,10 @@ mod tests {
                 "/?uuid=longpoll.subscribe.k&sequence=x",
                 (400, "Invalid sequence"),
             ),
+            (
+                "/?uuid=longpoll.subscribe.k&sequence=1&max=0",
+                (400, "Invalid max"),
+            ),
             ("/?uuid=other.k&sequence=1", (404, "Not found")),
         ] {
             let response = polls.clone().oneshot(get(uri)).await.unwrap();
@@ -358,7 +362,7 @@ mod tests {
             let (status, body) = text(response).await;
             assert_eq!((status, body.as_str()), want, "{uri}");
         }
-        assert_eq!((metrics.answered(200), metrics.answered(400)), (1, 2));
+        assert_eq!((metrics.answered(200), metrics.answered(400)), (1, 3));
         assert_eq!(metrics.answered(404), 1);
     }
 

@@ -259,6 +259,8 @@ pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             .expose_headers([
                 HeaderName::from_static(crate::longpoll::SEQUENCE_HEADER),
                 HeaderName::from_static(crate::longpoll::MESSAGE_ID_HEADER),
+                HeaderName::from_static(crate::longpoll::COUNT_HEADER),
+                HeaderName::from_static(crate::longpoll::MESSAGE_IDS_HEADER),
                 http::header::RETRY_AFTER,
             ])
             .max_age(std::time::Duration::from_secs(600)),

@@ -20,9 +20,7 @@
 //! Must not: hold the subscription key anywhere a log or trace could print it
 //! (`Debug` is not derived; the trace keeps the key's hash only).
 
-use std::sync::Arc;
-
-use super::outcome::PollOutcome;
+use super::outcome::{MessageIds, PollOutcome};
 use super::request::{PollQuery, PollRequest, QueueRules, parse_query};
 use crate::telemetry::traces::PollTrace;
 
@@ -30,9 +28,10 @@ use crate::telemetry::traces::PollTrace;
 pub struct PollContext {
     /// What the query asks for, decided once from the query and the queue rules.
     pub asked: Asked,
-    /// The message id last answered for this uuid on this replica: filled by
-    /// the sequence layer when it admits the poll to wait.
-    pub last_answered: Option<Arc<str>>,
+    /// The message ids last answered for this uuid on this replica (every one
+    /// of an answer of several): filled by the sequence layer when it admits
+    /// the poll to wait.
+    pub last_answered: Option<MessageIds>,
     /// The poll's span recorder (only when spans are exported).
     pub trace: Option<PollTrace>,
 }
@@ -85,17 +84,17 @@ impl PollContext {
 impl PollRequest {
     /// Should a delivery be acked and skipped rather than shown, because the
     /// client has it already? A client that sends `seen` has what it lists; a
-    /// client that does not has the message last answered for its uuid, when
-    /// that message comes again as a redelivery (contract point 8).
+    /// client that does not has the messages last answered for its uuid, when
+    /// one of them comes again as a redelivery (contract point 8).
     pub fn client_has(
         &self,
-        last_answered: Option<&str>,
+        last_answered: Option<&MessageIds>,
         message_id: &str,
         redelivered: bool,
     ) -> bool {
         match &self.seen {
             Some(ids) => ids.contains(message_id),
-            None => redelivered && last_answered == Some(message_id),
+            None => redelivered && last_answered.is_some_and(|ids| ids.contains(message_id)),
         }
     }
 }
@@ -122,6 +121,7 @@ mod tests {
             ("longpoll.subscribe.k", 3)
         );
         assert_eq!(poll.seen, Some(SeenIds::parse("a,b")));
+        assert_eq!(poll.max, 1);
         assert_eq!(ctx.last_answered, None);
     }
 
@@ -150,26 +150,33 @@ mod tests {
 
     #[test]
     fn a_client_has_what_its_seen_list_names_or_else_a_redelivery_of_the_last_answer() {
+        let one = |id: &str| MessageIds::One(id.into());
         let with_seen = PollRequest {
             uuid: "q".into(),
             sequence: 2,
             seen: Some(SeenIds::parse("m1")),
+            max: 1,
         };
         assert!(with_seen.client_has(None, "m1", false));
         assert!(
-            !with_seen.client_has(Some("m2"), "m2", true),
+            !with_seen.client_has(Some(&one("m2")), "m2", true),
             "the list decides"
         );
         let without = PollRequest {
             seen: None,
             ..with_seen
         };
-        assert!(without.client_has(Some("m1"), "m1", true));
+        assert!(without.client_has(Some(&one("m1")), "m1", true));
         assert!(
-            !without.client_has(Some("m1"), "m1", false),
+            !without.client_has(Some(&one("m1")), "m1", false),
             "not a redelivery"
         );
-        assert!(!without.client_has(Some("m1"), "m2", true));
+        assert!(!without.client_has(Some(&one("m1")), "m2", true));
         assert!(!without.client_has(None, "m1", true));
+        // Every message of an answer of several.
+        let several = MessageIds::Several(["m1".into(), "m2".into()].into());
+        assert!(without.client_has(Some(&several), "m1", true));
+        assert!(without.client_has(Some(&several), "m2", true));
+        assert!(!without.client_has(Some(&several), "m3", true));
     }
 }

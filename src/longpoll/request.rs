@@ -1,6 +1,8 @@
 //! Parsing a poll's query string into a [`PollRequest`], and the queue-name rule.
 //!
-//! txlongpoll's request: `GET /?uuid={queue}&sequence={n}` on any path.
+//! txlongpoll's request: `GET /?uuid={queue}&sequence={n}` on any path; this
+//! gateway's clients may add `seen={ids}` (the proof of receipt) and
+//! `max={k}` (up to `k` waiting messages in one answer).
 
 use std::borrow::Cow;
 
@@ -24,7 +26,14 @@ pub struct PollRequest {
     /// recent first — the proof of receipt (see the sequence layer). `None`
     /// for clients that do not send it (txlongpoll's).
     pub seen: Option<SeenIds>,
+    /// `max`: most messages one answer may carry, 1 to [`MAX_MESSAGES`]; 1
+    /// (the default, every txlongpoll client) answers one message, its body
+    /// as it is; more answers a JSON array of the messages already waiting.
+    pub max: u8,
 }
+
+/// The largest `max` a poll may ask for.
+pub const MAX_MESSAGES: u8 = 100;
 
 /// Most message ids a `seen` list may carry (the rest is ignored).
 pub const MAX_SEEN_IDS: usize = 32;
@@ -76,18 +85,24 @@ pub enum QueryRejection {
     /// `sequence` is not a non-negative integer that fits in 64 bits.
     #[error("Invalid sequence")]
     InvalidSequence,
+    /// `max` is not an integer from 1 to [`MAX_MESSAGES`].
+    #[error("Invalid max")]
+    InvalidMax,
 }
 
-/// Parses `uuid` and `sequence` from a raw query string (percent-decoded).
+/// Parses `uuid`, `sequence`, `seen` and `max` from a raw query string
+/// (percent-decoded).
 pub fn parse_query(query: Option<&str>) -> Result<PollQuery, QueryRejection> {
     let mut uuid: Option<String> = None;
     let mut sequence: Option<String> = None;
     let mut seen: Option<String> = None;
+    let mut max: Option<String> = None;
     for (name, value) in query_pairs(query.unwrap_or("")) {
         let slot = match name.as_ref() {
             "uuid" => &mut uuid,
             "sequence" => &mut sequence,
             "seen" => &mut seen,
+            "max" => &mut max,
             _ => continue,
         };
         if slot.is_some() {
@@ -104,14 +119,30 @@ pub fn parse_query(query: Option<&str>) -> Result<PollQuery, QueryRejection> {
                 return Err(QueryRejection::InvalidSequence);
             }
             let sequence = s.parse().map_err(|_| QueryRejection::InvalidSequence)?;
+            let max = match max {
+                None => 1,
+                Some(m) => parse_max(&m).ok_or(QueryRejection::InvalidMax)?,
+            };
             Ok(PollQuery::Poll(PollRequest {
                 uuid: u,
                 sequence,
                 seen: seen.map(|list| SeenIds::parse(&list)),
+                max,
             }))
         }
         _ => Err(QueryRejection::InvalidRequest),
     }
+}
+
+/// `max={k}`: decimal digits only, 1 to [`MAX_MESSAGES`].
+fn parse_max(value: &str) -> Option<u8> {
+    if value.is_empty() || value.len() > 3 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value
+        .parse::<u8>()
+        .ok()
+        .filter(|k| (1..=MAX_MESSAGES).contains(k))
 }
 
 /// The query's `name=value` pairs, decoded as `application/x-www-form-urlencoded`.
@@ -172,7 +203,43 @@ mod tests {
             uuid: uuid.into(),
             sequence,
             seen: None,
+            max: 1,
         }))
+    }
+
+    #[test]
+    fn max_is_one_to_a_hundred_and_one_by_default() {
+        let max = |query: &str| match parse_query(Some(query)) {
+            Ok(PollQuery::Poll(p)) => Ok(p.max),
+            Ok(PollQuery::Probe) => panic!("{query}: a probe"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(max("uuid=q&sequence=1"), Ok(1));
+        assert_eq!(max("uuid=q&sequence=1&max=1"), Ok(1));
+        assert_eq!(max("uuid=q&sequence=1&max=7"), Ok(7));
+        assert_eq!(max("max=100&uuid=q&sequence=1"), Ok(100));
+        assert_eq!(max("uuid=q&sequence=1&max=%31%30"), Ok(10));
+        for bad in [
+            "0", "101", "255", "256", "1000", "-1", "+1", "1.0", "abc", "", "%20",
+        ] {
+            assert_eq!(
+                max(&format!("uuid=q&sequence=1&max={bad}")),
+                Err(QueryRejection::InvalidMax),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            max("uuid=q&sequence=1&max=2&max=3"),
+            Err(QueryRejection::InvalidRequest),
+            "given twice"
+        );
+        // The request's own faults come first; a probe ignores `max`.
+        assert_eq!(max("uuid=q&max=2"), Err(QueryRejection::InvalidRequest));
+        assert_eq!(
+            max("uuid=q&sequence=x&max=0"),
+            Err(QueryRejection::InvalidSequence)
+        );
+        assert_eq!(parse_query(Some("max=0")), Ok(PollQuery::Probe));
     }
 
     #[test]

@@ -98,6 +98,10 @@ pub struct Args {
     /// Subscribers, each with its own subscription (channel, queue).
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
+    /// Target gateway: most messages one answer may carry (each poll's
+    /// `max`, 1-100); 1 polls as txlongpoll's clients do.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub max: u8,
     /// How long to publish (with --hold-only: how long to hold the polls).
     #[arg(long, default_value = "10s", value_parser = longpoll_gateway::config::parse_duration)]
     pub duration: Duration,
@@ -205,6 +209,14 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.run.target, TargetKind::RawPipe);
         assert_eq!(cli.run.rate, 100);
+        assert_eq!(cli.run.max, 1);
+    }
+
+    #[test]
+    fn max_is_one_to_a_hundred() {
+        let max = |v: &str| Cli::try_parse_from(["lp-load", "--max", v]).map(|c| c.run.max);
+        assert_eq!(max("20").ok(), Some(20));
+        assert!(max("0").is_err() && max("101").is_err());
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Gateway {
     poll: Arc<Endpoint>,
     keys: Vec<String>,
     pub pids: Vec<u32>,
+    /// Each poll's `max` (--max).
+    max: u8,
     /// With --publish-via amqp: (RabbitMQ URL, the gateway's exchange, publishers).
     via_amqp: Option<(String, String, usize)>,
     amqp: Option<AmqpPublishers>,
@@ -54,6 +56,7 @@ impl Gateway {
             token,
             keys: Vec::new(),
             pids: args.pid.clone(),
+            max: args.max,
             via_amqp: (args.publish_via == PublishVia::Amqp)
                 .then(|| (args.amqp.clone(), args.exchange.clone(), args.publishers)),
             amqp: None,
@@ -99,7 +102,7 @@ impl Gateway {
             .iter()
             .map(|key| {
                 let conn = ctx.conn(self.poll.clone());
-                tokio::spawn(subscriber(conn, key.clone(), ctx.clone()))
+                tokio::spawn(subscriber(conn, key.clone(), self.max, ctx.clone()))
             })
             .collect()
     }
@@ -205,8 +208,9 @@ async fn create_subscription(
     }
 }
 
-/// One subscriber following the client rules until stopped.
-async fn subscriber(mut conn: Conn, key: String, ctx: Arc<Ctx>) {
+/// One subscriber following the client rules until stopped; with `max` > 1,
+/// an answer that says `x-longpoll-count` is that many events.
+async fn subscriber(mut conn: Conn, key: String, max: u8, ctx: Arc<Ctx>) {
     let c = &ctx.counters;
     let mut sequence: u64 = 1;
     let mut seen: HashSet<String> = HashSet::new();
@@ -218,6 +222,9 @@ async fn subscriber(mut conn: Conn, key: String, ctx: Arc<Ctx>) {
         // Proof of receipt: the last ids shown, so that an answer lost in flight
         // is requeued by whichever replica the retry reaches.
         let mut target = format!("{path}?uuid={key}&sequence={sequence}");
+        if max > 1 {
+            target.push_str(&format!("&max={max}"));
+        }
         for (i, id) in seen_order.iter().rev().take(8).enumerate() {
             target.push_str(if i == 0 { "&seen=" } else { "," });
             target.push_str(id);
@@ -238,22 +245,38 @@ async fn subscriber(mut conn: Conn, key: String, ctx: Arc<Ctx>) {
                 let received = now_us();
                 backoff.reset();
                 sequence += 1;
-                let id = response
-                    .header("x-longpoll-message-id")
-                    .unwrap_or_default()
-                    .to_owned();
-                if !seen.insert(id.clone()) {
-                    Counters::inc(&c.duplicates);
-                    continue;
+                let ids: Vec<String> = match response.header("x-longpoll-count") {
+                    Some(_) => response
+                        .header("x-longpoll-message-ids")
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(str::to_owned)
+                        .collect(),
+                    None => vec![
+                        response
+                            .header("x-longpoll-message-id")
+                            .unwrap_or_default()
+                            .to_owned(),
+                    ],
+                };
+                let mut new = 0;
+                for id in ids {
+                    if !seen.insert(id.clone()) {
+                        Counters::inc(&c.duplicates);
+                        continue;
+                    }
+                    new += 1;
+                    seen_order.push_back(id);
+                    if seen_order.len() > 1000
+                        && let Some(old) = seen_order.pop_front()
+                    {
+                        seen.remove(&old);
+                    }
+                    Counters::inc(&c.delivered);
                 }
-                seen_order.push_back(id);
-                if seen_order.len() > 1000
-                    && let Some(old) = seen_order.pop_front()
-                {
-                    seen.remove(&old);
+                if new > 0 {
+                    ctx.latencies.record_each(&response.body, received);
                 }
-                Counters::inc(&c.delivered);
-                ctx.latencies.record(&response.body, received);
             }
             408 | 504 => Counters::inc(&c.timeouts),
             404 => {

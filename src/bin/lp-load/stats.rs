@@ -59,6 +59,20 @@ impl Counters {
 pub struct Latencies(Mutex<Vec<u32>>);
 
 impl Latencies {
+    /// Records the latency of every event in `body`: one, or the JSON array
+    /// of an answer of several (a poll's `max`).
+    pub fn record_each(&self, body: &[u8], received_us: u64) {
+        let mut rest = body;
+        while let Some((sent, after)) = sent_at_and_after(rest) {
+            let micros = received_us.saturating_sub(sent).min(u32::MAX as u64) as u32;
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(micros);
+            rest = after;
+        }
+    }
+
     pub fn record(&self, body: &[u8], received_us: u64) {
         if let Some(sent) = sent_at(body) {
             let micros = received_us.saturating_sub(sent).min(u32::MAX as u64) as u32;
@@ -86,6 +100,11 @@ pub fn now_us() -> u64 {
 /// The `sent_at_us` number of an event body, found without parsing the JSON
 /// (the generator shares the machine with the server: it must stay cheap).
 pub fn sent_at(body: &[u8]) -> Option<u64> {
+    sent_at_and_after(body).map(|(sent, _)| sent)
+}
+
+/// The first `sent_at_us` number of `body`, and what follows it.
+fn sent_at_and_after(body: &[u8]) -> Option<(u64, &[u8])> {
     const KEY: &[u8] = b"\"sent_at_us\":";
     // Built once: `memmem::find` builds a searcher on every call.
     static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
@@ -101,7 +120,7 @@ pub fn sent_at(body: &[u8]) -> Option<u64> {
         n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
         any = true;
     }
-    any.then_some(n)
+    any.then_some((n, &body[at..]))
 }
 
 /// Milliseconds at quantile `p` of sorted microsecond samples (none without samples).
@@ -234,6 +253,17 @@ pub fn cores() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_of_an_array_answer_has_its_latency() {
+        let latencies = Latencies::default();
+        latencies.record_each(
+            br#"[{"sent_at_us":100,"n":1},{"n":2,"sent_at_us": 250}]"#,
+            1000,
+        );
+        latencies.record_each(br#"{"sent_at_us":900}"#, 1000);
+        assert_eq!(latencies.sorted(), [100, 750, 900]);
+    }
 
     #[test]
     fn sent_at_is_found_in_a_body() {

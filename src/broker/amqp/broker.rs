@@ -3,7 +3,13 @@
 //! and runs each operation through them; the wait for a message is here, what
 //! it waits on lives in `consumers`.
 //!
-//! Must not: speak AMQP beyond publishing and the consumer loop — declares and
+//! The messages of one answer of several (`next_messages`) are the
+//! consumer's delivery and the messages already waiting behind it, taken with
+//! `basic.get` on the consumer's channel; each is settled by its own tag — a
+//! consumer channel is shared by many queues' consumers, so one `basic.ack`
+//! with `multiple` would settle other polls' messages too.
+//!
+//! Must not: speak AMQP beyond publishing, the consumer loop and those gets — declares and
 //! probes are `topology`'s, message properties and settling `delivery`'s,
 //! reconnecting the supervisor's.
 
@@ -13,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::Confirmation;
-use lapin::options::BasicPublishOptions;
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::AmqpOptions;
@@ -235,13 +241,14 @@ impl AmqpBroker {
     }
 }
 
-#[async_trait]
-impl Broker for AmqpBroker {
-    fn kind(&self) -> &'static str {
-        "rabbitmq"
-    }
-
-    async fn next_message(&self, queue: &str) -> Result<Delivery, BrokerError> {
+impl AmqpBroker {
+    /// Waits for the queue's next message on its consumer and, for `max` > 1,
+    /// takes up to `max - 1` more already waiting ([`waiting_behind`]).
+    async fn take(
+        &self,
+        queue: &str,
+        max: usize,
+    ) -> Result<(Delivery, Vec<Delivery>), BrokerError> {
         let inner = &self.inner;
         let mut usage = inner.consumers.use_entry(queue);
         let mut backoff =
@@ -279,7 +286,13 @@ impl Broker for AmqpBroker {
             match consumer.consumer.next().await {
                 Some(Ok(delivery)) => {
                     usage.delivered = true;
-                    return Ok(to_delivery(delivery, &consumer.channel, &inner.metrics));
+                    let first = to_delivery(delivery, &consumer.channel, &inner.metrics);
+                    let more = if max > 1 {
+                        Box::pin(waiting_behind(inner, &consumer.channel, queue, max - 1)).await
+                    } else {
+                        Vec::new()
+                    };
+                    return Ok((first, more));
                 }
                 Some(Err(e)) => {
                     *active = None;
@@ -298,6 +311,64 @@ impl Broker for AmqpBroker {
             drop(active);
             Box::pin(tokio::time::sleep(backoff.next_delay())).await;
         }
+    }
+}
+
+/// Up to `up_to` messages already waiting in `queue`, taken with `basic.get`
+/// (unacked) on the channel of the consumer that delivered the one before
+/// them, so that they are settled where it is; stops at the first empty get,
+/// or when the last get says nothing more waits. The consumer's prefetch of
+/// one is untouched (a `basic.get` does not count against it): it takes
+/// nothing more while the first message is unacked. A get that fails (the
+/// channel closed: the broker requeued everything on it) ends the list.
+async fn waiting_behind(
+    inner: &Inner,
+    channel: &Arc<lapin::Channel>,
+    queue: &str,
+    up_to: usize,
+) -> Vec<Delivery> {
+    let mut more = Vec::new();
+    let Ok(name) = short(queue) else {
+        return more;
+    };
+    while more.len() < up_to {
+        match channel
+            .basic_get(name.clone(), BasicGetOptions { no_ack: false })
+            .await
+        {
+            Ok(Some(got)) => {
+                more.push(to_delivery(got.delivery, channel, &inner.metrics));
+                if got.message_count == 0 {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let e = from_lapin_on(&e, &[queue]);
+                tracing::debug!(error = %e, "basic.get failed; answering what was taken");
+                break;
+            }
+        }
+    }
+    more
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn kind(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    async fn next_message(&self, queue: &str) -> Result<Delivery, BrokerError> {
+        self.take(queue, 1).await.map(|(first, _)| first)
+    }
+
+    async fn next_messages(&self, queue: &str, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        let (first, more) = self.take(queue, max).await?;
+        let mut all = Vec::with_capacity(1 + more.len());
+        all.push(first);
+        all.extend(more);
+        Ok(all)
     }
 
     async fn declare_subscription(

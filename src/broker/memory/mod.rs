@@ -3,8 +3,9 @@
 //!
 //! Owns: queues, bindings and routing for one process, with the semantics the
 //! long-poll contract relies on — per-queue FIFO, at most one unacked message per
-//! queue (prefetch 1), ack, requeue at the message's place, `redelivered`, queue
-//! expiry when unused. Bounded: a per-queue message cap (oldest dropped, counted)
+//! queue (prefetch 1; the messages of one answer of several are taken together,
+//! and the next is delivered once all of them are settled), ack, requeue at the
+//! message's place, `redelivered`, queue expiry when unused. Bounded: a per-queue message cap (oldest dropped, counted)
 //! and a total queue cap. Keeps the history of published events that a
 //! resume replays ([`history`]), bounded by age and bytes.
 //! Must not: outlive the process — nothing is persisted; that is what RabbitMQ is for.
@@ -81,8 +82,9 @@ struct Queued {
 struct MemQueue {
     name: Arc<str>,
     ready: VecDeque<Queued>,
-    /// The one delivered-but-unsettled message, with its delivery tag.
-    unacked: Option<(u64, Queued)>,
+    /// The delivered-but-unsettled messages, with their delivery tags: one,
+    /// or the messages of one answer of several, in queue order.
+    unacked: Vec<(u64, Queued)>,
     /// Its binding keys (shared with the exchange's table); a handful at most.
     bindings: Vec<Arc<str>>,
     notify: Arc<Notify>,
@@ -173,7 +175,7 @@ impl MemoryBroker {
             MemQueue {
                 name,
                 ready: VecDeque::new(),
-                unacked: None,
+                unacked: Vec::new(),
                 bindings: Vec::new(),
                 notify: Arc::new(Notify::new()),
                 last_used: Instant::now(),
@@ -212,13 +214,18 @@ impl MemoryBroker {
         expired.len()
     }
 
-    /// Takes the next message if one may be delivered now. `waiting_on` is the
-    /// wake-up the caller registered with: a queue deleted and declared again
-    /// meanwhile has another, handed back to wait on instead.
-    fn try_take(&self, queue: &str, waiting_on: &Arc<Notify>) -> Result<Take, BrokerError> {
+    /// Takes the next message, and up to `max - 1` more behind it, if one may
+    /// be delivered now. `waiting_on` is the wake-up the caller registered
+    /// with: a queue deleted and declared again meanwhile has another, handed
+    /// back to wait on instead.
+    fn try_take(
+        &self,
+        queue: &str,
+        waiting_on: &Arc<Notify>,
+        max: usize,
+    ) -> Result<Take, BrokerError> {
         let mut st = self.shared.lock();
-        st.next_tag += 1;
-        let tag = st.next_tag;
+        let st = &mut *st;
         let Some(q) = st.queues.get_mut(queue) else {
             return Err(BrokerError::not_found(format!("no queue {queue:?}")));
         };
@@ -226,40 +233,68 @@ impl MemoryBroker {
             return Ok(Take::Redeclared(q.notify.clone()));
         }
         q.last_used = Instant::now();
-        if q.unacked.is_some() {
+        if !q.unacked.is_empty() || q.ready.is_empty() {
             return Ok(Take::Empty);
         }
-        let Some(mut item) = q.ready.pop_front() else {
-            return Ok(Take::Empty);
-        };
-        let redelivered = item.deliveries > 0;
-        item.deliveries += 1;
-        let message = item.message.clone();
-        q.unacked = Some((tag, item));
-        let settle = MemorySettle {
-            shared: Arc::downgrade(&self.shared),
-            queue: q.name.clone(),
-            tag,
-        };
-        if redelivered {
-            self.shared.metrics.messages_redelivered.inc();
+        let mut taken = Vec::with_capacity(max.clamp(1, q.ready.len()));
+        while taken.len() < max.max(1) {
+            let Some(mut item) = q.ready.pop_front() else {
+                break;
+            };
+            st.next_tag += 1;
+            let tag = st.next_tag;
+            let redelivered = item.deliveries > 0;
+            item.deliveries += 1;
+            let message = item.message.clone();
+            q.unacked.push((tag, item));
+            let settle = MemorySettle {
+                shared: Arc::downgrade(&self.shared),
+                queue: q.name.clone(),
+                tag,
+            };
+            if redelivered {
+                self.shared.metrics.messages_redelivered.inc();
+            }
+            taken.push(Delivery {
+                body: message.body.clone(),
+                message_id: message.message_id.clone(),
+                redelivered,
+                published_at: Some(message.published_at),
+                trace_headers: message.headers.clone(),
+                acker: Acker::new(Box::new(settle), self.shared.metrics.clone()).with_trace(
+                    SettleTrace::for_message(&message.message_id, &message.headers),
+                ),
+            });
         }
-        Ok(Take::Ready(Delivery {
-            body: message.body.clone(),
-            message_id: message.message_id.clone(),
-            redelivered,
-            published_at: Some(message.published_at),
-            trace_headers: message.headers.clone(),
-            acker: Acker::new(Box::new(settle), self.shared.metrics.clone()).with_trace(
-                SettleTrace::for_message(&message.message_id, &message.headers),
-            ),
-        }))
+        Ok(Take::Ready(taken))
+    }
+
+    /// Waits for the next message and takes up to `max - 1` more behind it.
+    async fn take(&self, queue: &str, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        let Some((_poller, mut notify)) = PollerGuard::enter(self, queue) else {
+            return Err(BrokerError::not_found(format!("no queue {queue:?}")));
+        };
+        loop {
+            // Made before the look: a `Notified` receives every `notify_waiters`
+            // from its creation on, so a publish between the look and the
+            // wait is not missed.
+            let notified = notify.notified();
+            match self.try_take(queue, &notify, max)? {
+                Take::Ready(deliveries) => return Ok(deliveries),
+                Take::Empty => notified.await,
+                Take::Redeclared(current) => {
+                    drop(notified);
+                    notify = current;
+                }
+            }
+        }
     }
 }
 
 /// What a look at a queue found.
 enum Take {
-    Ready(Delivery),
+    /// At least one message, in queue order.
+    Ready(Vec<Delivery>),
     /// Nothing deliverable now: wait for the queue's wake-up.
     Empty,
     /// The queue was deleted and declared again: its new wake-up.
@@ -330,14 +365,14 @@ impl MemorySettle {
         let Some(q) = st.queues.get_mut(&self.queue) else {
             return;
         };
-        match q.unacked.take() {
-            Some((tag, item)) if tag == self.tag => {
-                if requeue {
-                    q.requeue(item);
-                }
+        if let Some(at) = q.unacked.iter().position(|(tag, _)| *tag == self.tag) {
+            let (_, item) = q.unacked.remove(at);
+            if requeue {
+                q.requeue(item);
+            }
+            if q.unacked.is_empty() {
                 q.notify.notify_waiters();
             }
-            other => q.unacked = other,
         }
     }
 }
@@ -361,23 +396,14 @@ impl Broker for MemoryBroker {
     }
 
     async fn next_message(&self, queue: &str) -> Result<Delivery, BrokerError> {
-        let Some((_poller, mut notify)) = PollerGuard::enter(self, queue) else {
-            return Err(BrokerError::not_found(format!("no queue {queue:?}")));
-        };
-        loop {
-            // Made before the look: a `Notified` receives every `notify_waiters`
-            // from its creation on, so a publish between the look and the
-            // wait is not missed.
-            let notified = notify.notified();
-            match self.try_take(queue, &notify)? {
-                Take::Ready(delivery) => return Ok(delivery),
-                Take::Empty => notified.await,
-                Take::Redeclared(current) => {
-                    drop(notified);
-                    notify = current;
-                }
-            }
-        }
+        let mut taken = self.take(queue, 1).await?;
+        taken
+            .pop()
+            .ok_or_else(|| BrokerError::new(BrokerErrorKind::Internal, "a take of nothing"))
+    }
+
+    async fn next_messages(&self, queue: &str, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        self.take(queue, max).await
     }
 
     async fn declare_subscription(
@@ -521,7 +547,7 @@ impl Broker for MemoryBroker {
             .ok_or_else(|| BrokerError::not_found(format!("no queue {queue:?}")))?;
         Ok(QueueStats {
             ready: q.ready.len() as u64,
-            unacked: Some(u64::from(q.unacked.is_some())),
+            unacked: Some(q.unacked.len() as u64),
             consumers: q.pollers as u64,
         })
     }
@@ -531,7 +557,7 @@ impl Broker for MemoryBroker {
         // but a library user may keep the broker).
         let mut st = self.shared.lock();
         for q in st.queues.values_mut() {
-            if let Some((_, item)) = q.unacked.take() {
+            for (_, item) in std::mem::take(&mut q.unacked) {
                 q.requeue(item);
             }
         }
@@ -613,6 +639,53 @@ mod tests {
         assert_eq!(&again.body[..], b"1");
         assert!(again.redelivered);
         assert_eq!(again.message_id, id);
+    }
+
+    #[tokio::test]
+    async fn several_messages_are_taken_at_once_in_order_and_settled_as_one() {
+        let b = broker(100);
+        b.declare_subscription("q", &["k".into()]).await.unwrap();
+        for n in 1..=5 {
+            b.publish(msg("k", &n.to_string())).await.unwrap();
+        }
+        let first = b.next_messages("q", 3).await.unwrap();
+        let bodies = |d: &[Delivery]| d.iter().map(|d| d.body.clone()).collect::<Vec<_>>();
+        assert_eq!(bodies(&first), ["1", "2", "3"]);
+        assert_eq!(b.queue_stats("q").await.unwrap().unacked, Some(3));
+        // Nothing more until the answer is settled, as for one message.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), b.next_messages("q", 3))
+                .await
+                .is_err()
+        );
+        let ids: Vec<_> = first.iter().map(|d| d.message_id.clone()).collect();
+        let acker = Acker::join(first.into_iter().map(|d| d.acker)).unwrap();
+        assert_eq!(acker.len(), 3);
+        drop(acker); // abandoned: all three requeued at their places
+        let again = tokio::time::timeout(Duration::from_secs(1), b.next_messages("q", 10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(bodies(&again), ["1", "2", "3", "4", "5"]);
+        assert!(again[..3].iter().all(|d| d.redelivered) && !again[3].redelivered);
+        assert_eq!(
+            again[..3]
+                .iter()
+                .map(|d| d.message_id.clone())
+                .collect::<Vec<_>>(),
+            ids
+        );
+        Acker::join(again.into_iter().map(|d| d.acker))
+            .unwrap()
+            .ack()
+            .await
+            .unwrap();
+        let stats = b.queue_stats("q").await.unwrap();
+        assert_eq!((stats.ready, stats.unacked), (0, Some(0)));
+        // Fewer waiting than asked: what there is, without waiting for more.
+        b.publish(msg("k", "6")).await.unwrap();
+        let one = b.next_messages("q", 10).await.unwrap();
+        assert_eq!(bodies(&one), ["6"]);
     }
 
     /// A queue `q` bound to `key`, and a poll of it waiting (counted as a

@@ -83,7 +83,7 @@ where
             Decision::Replay(answer) => {
                 tracing::debug!(sequence, "replaying an answered sequence");
                 if let Some(t) = &ctx.trace {
-                    t.replayed(&answer.message_id);
+                    t.replayed(answer.message_id());
                 }
                 return SequenceFuture::answered(PollOutcome::Replay(answer));
             }
@@ -101,10 +101,10 @@ where
         let Waiting {
             signals,
             previous,
-            last_message_id,
+            last_message_ids,
             ..
         } = waiting;
-        ctx.last_answered = last_message_id;
+        ctx.last_answered = last_message_ids;
         let trace = ctx.trace.clone();
         // The handler does its checks now but waits on the broker only when
         // polled, after the previous answer is settled. The settling is boxed:
@@ -193,7 +193,7 @@ where
                 let outcome = match signal {
                     Ok(Signal::Replay(answer)) => {
                         if let Some(t) = trace.as_ref() {
-                            t.replayed(&answer.message_id);
+                            t.replayed(answer.message_id());
                         }
                         PollOutcome::Replay(answer)
                     }
@@ -298,7 +298,7 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt};
 
     use crate::broker::{BrokerError, Settle};
-    use crate::longpoll::{DeliveredAnswer, QueueRules, SeenIds};
+    use crate::longpoll::{DeliveredAnswer, MessageIds, QueueRules, SeenIds};
     use crate::telemetry::Metrics;
 
     const KEY: &str = "longpoll.subscribe.k";
@@ -360,7 +360,7 @@ mod tests {
             Arc::new(Answer {
                 sequence,
                 body: Bytes::from_static(b"{}"),
-                message_id: id.into(),
+                ids: MessageIds::One(id.into()),
                 is_error: false,
             }),
             acker,
@@ -369,8 +369,8 @@ mod tests {
 
     fn message_id(outcome: &PollOutcome) -> Option<&str> {
         match outcome {
-            PollOutcome::Message(d) => Some(&d.answer.message_id),
-            PollOutcome::Replay(a) => Some(&a.message_id),
+            PollOutcome::Message(d) => Some(d.answer.message_id()),
+            PollOutcome::Replay(a) => Some(a.message_id()),
             _ => None,
         }
     }
@@ -392,7 +392,7 @@ mod tests {
         let first = polls.clone().oneshot(poll(1)).await.unwrap();
         assert_eq!(message_id(&first), Some("m1"));
         let again = polls.clone().oneshot(poll(1)).await.unwrap();
-        assert!(matches!(&again, PollOutcome::Replay(a) if &*a.message_id == "m1"));
+        assert!(matches!(&again, PollOutcome::Replay(a) if &**a.message_id() == "m1"));
         assert_eq!(
             calls.load(Ordering::SeqCst),
             1,
@@ -426,7 +426,54 @@ mod tests {
         let second = polls.clone().oneshot(poll(2)).await.unwrap();
         assert_eq!(message_id(&second), Some("m2"));
         assert_eq!(settled.after_settling().await, ["ack m1"]);
-        assert_eq!(*last_answered.lock().unwrap(), [None, Some("m1".into())]);
+        assert_eq!(
+            *last_answered.lock().unwrap(),
+            [None, Some(MessageIds::One("m1".into()))]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_of_several_is_replayed_acked_and_requeued_whole() {
+        let (store, metrics) = store(Duration::from_secs(5));
+        let settled = Settled::default();
+        let (s, m) = (settled.clone(), metrics.clone());
+        let polls = ServiceBuilder::new()
+            .layer(SequenceDedupLayer::new(store.clone()))
+            .service_fn(move |ctx: PollContext| {
+                let sequence = ctx.poll().expect("a poll").sequence;
+                let names: Vec<String> = (1..=3).map(|i| format!("s{sequence}m{i}")).collect();
+                let acker = Acker::join(names.iter().map(|id| s.acker(id, &m))).unwrap();
+                let ids: Arc<[Arc<str>]> = names.iter().map(|id| Arc::from(id.as_str())).collect();
+                let outcome = PollOutcome::Message(DeliveredAnswer::new(
+                    Arc::new(Answer {
+                        sequence,
+                        body: Bytes::from_static(b"[{},{},{}]"),
+                        ids: MessageIds::Several(ids),
+                        is_error: false,
+                    }),
+                    acker,
+                ));
+                async move { Ok::<_, Infallible>(outcome) }
+            });
+        polls.clone().oneshot(poll(1)).await.unwrap();
+        // A retry asking another max gets the same answer.
+        let again = polls
+            .clone()
+            .oneshot(ctx(&format!("uuid={KEY}&sequence=1&max=1")))
+            .await
+            .unwrap();
+        assert!(matches!(&again, PollOutcome::Replay(a) if a.ids.len() == 3));
+        // The next sequence acks all three, and its own answer expires whole.
+        polls.oneshot(poll(2)).await.unwrap();
+        assert_eq!(
+            settled.after_settling().await,
+            ["ack s1m1", "ack s1m2", "ack s1m3"]
+        );
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(
+            settled.after_settling().await[3..],
+            ["requeue s2m1", "requeue s2m2", "requeue s2m3"]
+        );
     }
 
     #[tokio::test]

@@ -12,6 +12,10 @@
 //! no retry within --replay-ttl       → the unacked message is requeued
 //! ```
 //!
+//! An answer of several messages (a poll's `max`) is one answer in every row:
+//! replayed whole (whatever `max` the retry asks), acked whole by the next
+//! sequence, requeued whole, each message at its place.
+//!
 //! Where it sits: inside the timeout and concurrency limit, directly around the
 //! poll handler (see `http::router`). It must sit inside the timeout so that a
 //! poll cut by the timeout releases its held slot (the [`layer`] ticket does that
@@ -20,7 +24,7 @@
 //! taken before anything else could drop it.
 //!
 //! It serves a [`PollContext`](crate::longpoll::PollContext), not an HTTP
-//! request: it reads the poll the context asks for and writes the message id
+//! request: it reads the poll the context asks for and writes the message ids
 //! last answered for its uuid (`last_answered`) for the handler.
 //!
 //! ```

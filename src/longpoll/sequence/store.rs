@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::broker::Acker;
-use crate::longpoll::outcome::Answer;
+use crate::longpoll::outcome::{Answer, MessageIds};
 use crate::longpoll::request::SeenIds;
 use crate::telemetry::Metrics;
 
@@ -57,7 +57,8 @@ pub struct Waiting {
     pub ticket: u64,
     pub signals: oneshot::Receiver<Signal>,
     pub previous: Option<Previous>,
-    pub last_message_id: Option<Arc<str>>,
+    /// The ids of the last answer (every one of an answer of several).
+    pub last_message_ids: Option<MessageIds>,
 }
 
 #[derive(Debug)]
@@ -76,9 +77,9 @@ struct Answered {
 #[derive(Debug, Default)]
 struct Slot {
     answered: Option<Answered>,
-    /// Last answered (sequence, message id); kept after the ack for the stale
-    /// check and to recognise a redelivery of the same message.
-    last: Option<(u64, Arc<str>)>,
+    /// Last answered (sequence, message ids); kept after the ack for the
+    /// stale check and to recognise a redelivery of the same messages.
+    last: Option<(u64, MessageIds)>,
     held: Option<Held>,
     /// Bumped on every new answer; an expiry entry applies only to its generation.
     generation: u64,
@@ -153,7 +154,7 @@ impl SequenceStore {
             // replica may have answered a retry of it). A restart of the count
             // proves nothing: the answer goes back to its queue.
             let shown =
-                !restart && seen.is_none_or(|ids| ids.contains(&answered.answer.message_id));
+                !restart && seen.is_none_or(|ids| ids.contains(answered.answer.message_id()));
             previous = slot.answered.take().and_then(|a| a.acker).map(|acker| {
                 if shown {
                     Previous::Ack(acker)
@@ -189,13 +190,13 @@ impl SequenceStore {
             sequence,
             signal: tx,
         });
-        let last_message_id = slot.last.as_ref().map(|(_, id)| id.clone());
+        let last_message_ids = slot.last.as_ref().map(|(_, ids)| ids.clone());
         self.metrics.replay_entries.set(st.answered as i64);
         Decision::Wait(Waiting {
             ticket,
             signals: rx,
             previous,
-            last_message_id,
+            last_message_ids,
         })
     }
 
@@ -241,7 +242,7 @@ impl SequenceStore {
                 st.answered -= 1;
             }
             slot.generation += 1;
-            slot.last = Some((answer.sequence, answer.message_id.clone()));
+            slot.last = Some((answer.sequence, answer.ids.clone()));
             // A newer poll waiting for this very sequence gets it at once.
             if slot
                 .held
@@ -347,7 +348,7 @@ mod tests {
         Arc::new(Answer {
             sequence,
             body: Bytes::from_static(b"{}"),
-            message_id: id.into(),
+            ids: MessageIds::One(id.into()),
             is_error: false,
         })
     }
@@ -381,14 +382,14 @@ mod tests {
         let w = wait(s.begin("u", 5, Some(&seen)));
         s.finish("u", w.ticket, Some((answer(5, "m5"), None)));
         assert!(
-            matches!(s.begin("u", 5, Some(&seen)), Decision::Replay(a) if &*a.message_id == "m5")
+            matches!(s.begin("u", 5, Some(&seen)), Decision::Replay(a) if &**a.message_id() == "m5")
         );
         assert!(matches!(
             s.begin("u", 4, Some(&seen)),
             Decision::Stale { last_answered: 5 }
         ));
         let next = wait(s.begin("u", 6, Some(&seen)));
-        assert_eq!(next.last_message_id.as_deref(), Some("m5"));
+        assert_eq!(next.last_message_ids, Some(MessageIds::One("m5".into())));
         assert!(matches!(next.previous, Some(Previous::Ack(_)) | None));
         // After the ack, going back is stale too.
         assert!(matches!(
@@ -407,7 +408,7 @@ mod tests {
         // showed goes back to the queue, with nothing left to skip it.
         let restarted = wait(s.begin("u", 1, None));
         assert!(matches!(restarted.previous, Some(Previous::Requeue(_))));
-        assert_eq!(restarted.last_message_id, None);
+        assert_eq!(restarted.last_message_ids, None);
         assert_eq!(s.answered(), 0);
         // The count goes on from 1: a retry of 1 after its answer replays it,
         // and 2 acks it.
@@ -416,7 +417,7 @@ mod tests {
             restarted.ticket,
             Some((answer(1, "m7"), acker(&metrics))),
         );
-        assert!(matches!(s.begin("u", 1, None), Decision::Replay(a) if &*a.message_id == "m7"));
+        assert!(matches!(s.begin("u", 1, None), Decision::Replay(a) if &**a.message_id() == "m7"));
         let next = wait(s.begin("u", 2, None));
         assert!(matches!(next.previous, Some(Previous::Ack(_))));
     }
@@ -434,7 +435,7 @@ mod tests {
         for sequence in [3, 1] {
             let restarted = wait(s.begin("u", sequence, None));
             assert!(restarted.previous.is_none());
-            assert_eq!(restarted.last_message_id, None);
+            assert_eq!(restarted.last_message_ids, None);
             s.finish("u", restarted.ticket, None);
         }
     }

@@ -38,6 +38,29 @@ browserTest('events arrive in order and fire their event_key listeners', async (
   assert.equal(await page.evaluate(() => window.lp.sequence), 7);
 });
 
+browserTest('with max, the messages waiting come in one answer and fire one by one, in order', async (t) => {
+  const { gateway, page, uri } = await rig(t, browser);
+  const eventKey = uniqueKey('max');
+  const { key } = await gateway.subscribe([eventKey]);
+  const emitted = [];
+  for (let n = 1; n <= 3; n++) emitted.push(await gateway.emit(eventKey, { n }));
+  await startClient(page, { uri, key, max: 5 }, [eventKey]);
+
+  const first = await eventsOf(page, 'message', 3);
+  assert.deepEqual(first.map((m) => m.detail.n), [1, 2, 3]);
+  assert.deepEqual(first.map((m) => m.sequence), [1, 1, 1], 'one answer, one sequence');
+  assert.deepEqual(first.map((m) => m.messageId), emitted.map((e) => e.message_id));
+  const onKey = await page.evaluate((k) => window.of(k).map((e) => e.detail.n), eventKey);
+  assert.deepEqual(onKey, [1, 2, 3]);
+  assert.equal(await page.evaluate(() => window.lp.lastMessageId), emitted[2].message_id);
+
+  const later = await gateway.emit(eventKey, { n: 4 });
+  const all = await eventsOf(page, 'message', 4);
+  assert.deepEqual([all[3].detail.n, all[3].sequence, all[3].messageId], [4, 2, later.message_id]);
+  assert.match(await page.evaluate(() => window.lp.pollUrl(3)), /[?&]max=5(&|$)/);
+  assert.equal(await page.evaluate(() => window.of('error').length), 0);
+});
+
 browserTest('LongPoll.fromCache() starts from LP.cache.longpoll like Launchpad pages', async (t) => {
   const { gateway, site, page, uri } = await rig(t, browser);
   const eventKey = uniqueKey('cache');
