@@ -14,6 +14,10 @@
 //! 9. Each poll carries `seen` = the ids of the last few messages received (most recent
 //!    first, a duplicate counting as received again): the proof of receipt that lets a
 //!    replica tell its own answer from another replica's (see docs/scaling.md).
+//!
+//! A client made with `max` polls with `max={k}`: an answer with `X-Longpoll-Count` is a
+//! JSON array whose messages (ids in `X-Longpoll-Message-Ids`) go through rule 8 one by
+//! one, in order; the last of them is the most recent id for rule 9.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -86,6 +90,8 @@ pub struct ClientOutcome {
     pub ids: Vec<String>,
     /// Messages dropped by rule 8 (a redelivery or a replay of something already seen).
     pub duplicates_dropped: u64,
+    /// Answers of two messages or more (polls with `max`), and the messages they carried.
+    pub several: (u64, u64),
     pub retries: RetryCounts,
     /// Why the client stopped early (404, 409 Superseded), if it did.
     pub stopped: Option<String>,
@@ -188,6 +194,12 @@ pub struct Client {
     /// Per-request limit: above nginx's read timeout, so nginx (then the gateway) answers first.
     pub request_timeout: Duration,
     pub trace_len: usize,
+    /// Poll with `max={k}` (several messages per answer); `None` = one per answer.
+    pub max: Option<u8>,
+    /// The rounds the publisher has published: when given, after showing event `e` the
+    /// client polls again only once round `e + 2` (or the last) is out (at most 2 s later), as a page
+    /// busy showing a message would — with `max`, the two waiting come in one answer.
+    pub rounds: Option<Arc<AtomicU64>>,
 }
 
 impl Client {
@@ -218,6 +230,9 @@ impl Client {
                 ("sequence", &sequence.to_string()),
             ]);
             request = request.query(&[("seen", seen.recent(PROOF_IDS).join(","))]);
+            if let Some(max) = self.max {
+                request = request.query(&[("max", max)]);
+            }
             let request = request.timeout(self.request_timeout).send();
             let answer = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -270,24 +285,50 @@ impl Client {
                 // Rule 3: a message (400 = a message with an `error` key) moves us on.
                 200 | 400 if !message_id.is_empty() => {
                     backoff.reset();
-                    let event = serde_json::from_slice::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| v["n"].as_u64())
-                        .unwrap_or(0);
-                    t.event = event;
-                    if seen.insert(&message_id) {
-                        out.events.push(event);
-                        out.ids.push(message_id.clone());
-                        progress.delivered.fetch_add(1, Ordering::Relaxed);
-                        progress.last_event.store(event, Ordering::Relaxed);
-                        t.note = "delivered";
-                    } else {
-                        // Rule 8.
-                        out.duplicates_dropped += 1;
-                        t.note = "duplicate id dropped";
+                    let messages = match messages_of(
+                        &header("x-longpoll-count"),
+                        &header("x-longpoll-message-ids"),
+                        &message_id,
+                        &body,
+                    ) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            t.note = "bad answer";
+                            trace(&mut out, t);
+                            out.stopped = Some(e);
+                            break;
+                        }
+                    };
+                    if messages.len() > 1 {
+                        out.several.0 += 1;
+                        out.several.1 += messages.len() as u64;
+                    }
+                    for (id, event) in messages {
+                        t.event = event;
+                        if seen.insert(&id) {
+                            out.events.push(event);
+                            out.ids.push(id);
+                            progress.delivered.fetch_add(1, Ordering::Relaxed);
+                            progress.last_event.store(event, Ordering::Relaxed);
+                            t.note = "delivered";
+                        } else {
+                            // Rule 8.
+                            out.duplicates_dropped += 1;
+                            t.note = "duplicate id dropped";
+                        }
                     }
                     trace(&mut out, t);
                     sequence += 1;
+                    if let Some(rounds) = &self.rounds {
+                        let shown = out.events.last().copied().unwrap_or(0);
+                        let until = Instant::now() + Duration::from_secs(2);
+                        let wanted = (shown + 2).min(self.expected);
+                        while rounds.load(Ordering::Relaxed) < wanted && Instant::now() < until {
+                            if sleep_or_stop(Duration::from_millis(10), &stop).await {
+                                break;
+                            }
+                        }
+                    }
                 }
                 // Rule 4: normal; poll again at once.
                 408 | 504 => {
@@ -371,6 +412,43 @@ impl Client {
 }
 
 type Answer = (u16, reqwest::header::HeaderMap, bytes::Bytes);
+
+/// The messages of an answer, in order: `(message id, event number)`. Without
+/// `X-Longpoll-Count` the body is one message; with it, a JSON array of that many, their
+/// ids in `X-Longpoll-Message-Ids`, the last of them `X-Longpoll-Message-Id`. An answer
+/// that breaks those rules is an error (the test fails on it).
+fn messages_of(
+    count: &str,
+    ids: &str,
+    last_id: &str,
+    body: &[u8],
+) -> Result<Vec<(String, u64)>, String> {
+    let event_of = |v: &serde_json::Value| v["n"].as_u64().unwrap_or(0);
+    if count.is_empty() {
+        let event = serde_json::from_slice::<serde_json::Value>(body)
+            .map(|v| event_of(&v))
+            .unwrap_or(0);
+        return Ok(vec![(last_id.to_owned(), event)]);
+    }
+    let items: Vec<serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|e| format!("an answer with X-Longpoll-Count {count} is not an array: {e}"))?;
+    let ids: Vec<&str> = ids.split(',').collect();
+    if count.parse::<usize>().ok() != Some(items.len())
+        || ids.len() != items.len()
+        || ids.last() != Some(&last_id)
+    {
+        return Err(format!(
+            "X-Longpoll-Count {count}, {} ids ({ids:?}, last {last_id}) for {} messages",
+            ids.len(),
+            items.len()
+        ));
+    }
+    Ok(ids
+        .into_iter()
+        .zip(&items)
+        .map(|(id, v)| (id.to_owned(), event_of(v)))
+        .collect())
+}
 
 /// The whole answer, or an error if the connection failed at any point (a truncated
 /// body is a network error: the client never saw the message).

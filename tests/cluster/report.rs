@@ -70,6 +70,23 @@ pub fn markdown(scale: &Scale, outcomes: &[Outcome], total: std::time::Duration)
             o.publish_retries
         );
     }
+    let several: Vec<String> = outcomes
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {} ({})",
+                o.spec.title.split(')').next().unwrap_or_default(),
+                o.several.0,
+                o.several.1
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nAnswers of several messages (every other subscription polls with `max=5` and \
+         polls again only once two more rounds are out), per scenario: answers (messages in them): {}.",
+        several.join(", ")
+    );
     let browsers: Vec<_> = outcomes
         .iter()
         .filter_map(|o| o.browser.as_ref().map(|b| (o, b)))

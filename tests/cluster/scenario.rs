@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, ClientOutcome, Progress, RetryCounts};
 use crate::hop::{Cut, FaultHop};
+
+/// The `max` of the subscriptions that take several messages per answer (every other one).
+const CLIENT_MAX: u8 = 5;
 use crate::topology::{
     BrokerRestartGuard, Proxy, ProxyKind, Replica, TOKEN, free_ports, rabbitmqctl,
     render_proxy_conf,
@@ -154,6 +157,8 @@ pub struct Outcome {
     /// Subscriptions whose events the application saw out of order.
     pub out_of_order: u64,
     pub duplicates_dropped: u64,
+    /// Answers of several messages (the clients polling with `max`), and their messages.
+    pub several: (u64, u64),
     pub retries: RetryCounts,
     pub gateway: GatewayCounters,
     /// Polls the proxy passed to another server.
@@ -295,6 +300,8 @@ pub async fn run(spec: Spec, scale: &Scale) -> Outcome {
     // The clients, through the proxy.
     let stop = CancellationToken::new();
     let progress = Arc::new(Progress::default());
+    // The rounds published so far, for the clients that wait for two before polling again.
+    let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut clients = JoinSet::new();
     for (i, (key, uri)) in subscriptions.iter().enumerate() {
         let client = Client {
@@ -304,6 +311,11 @@ pub async fn run(spec: Spec, scale: &Scale) -> Outcome {
             expected: scale.events,
             request_timeout: proxy.render.read_timeout() + Duration::from_secs(5),
             trace_len: 64,
+            // Every other subscription takes several messages per answer: each scenario
+            // proves both kinds of answer.
+            max: (i % 2 == 1).then_some(CLIENT_MAX),
+            // Those pages are slow to show a message: two rounds' events wait meanwhile.
+            rounds: (i % 2 == 1).then(|| rounds.clone()),
         };
         clients.spawn(client.run(http.clone(), progress.clone(), stop.clone(), started));
     }
@@ -356,6 +368,7 @@ pub async fn run(spec: Spec, scale: &Scale) -> Outcome {
     let _broker_guard = (spec.fault == Fault::BrokerRestart).then_some(BrokerRestartGuard);
     for round in 1..=scale.events {
         publish_retries += publish_round(&http, &api, &all_keys, round, scale).await;
+        rounds.store(round, std::sync::atomic::Ordering::Relaxed);
         if round == half {
             let note = fault(
                 &spec,
@@ -727,9 +740,12 @@ fn judge(
     let mut evidence = String::new();
     let (mut delivered, mut lost, mut dup_shown, mut out_of_order, mut dropped) = (0, 0, 0, 0, 0);
     let mut retries = RetryCounts::default();
+    let mut several = (0, 0);
     for c in clients {
         retries.add(&c.retries);
         dropped += c.duplicates_dropped;
+        several.0 += c.several.0;
+        several.1 += c.several.1;
         let mut seen = std::collections::HashSet::new();
         let mut dups = 0;
         for e in &c.events {
@@ -780,6 +796,13 @@ fn judge(
             "{out_of_order} subscriptions saw their events out of order"
         ));
     }
+    if several.0 == 0 {
+        failures.push(
+            "no answer carried several messages: the path of the clients polling with max \
+             was not exercised"
+                .into(),
+        );
+    }
     if let Some(b) = &browser {
         failures.extend(b.failures.iter().map(|f| format!("browser: {f}")));
     }
@@ -798,6 +821,7 @@ fn judge(
         duplicates_shown: dup_shown,
         out_of_order,
         duplicates_dropped: dropped,
+        several,
         retries,
         gateway,
         proxy_retries,
@@ -820,6 +844,7 @@ pub fn failed(spec: Spec, scale: &Scale, why: String) -> Outcome {
         duplicates_shown: 0,
         out_of_order: 0,
         duplicates_dropped: 0,
+        several: (0, 0),
         retries: RetryCounts::default(),
         gateway: GatewayCounters::default(),
         proxy_retries: 0,

@@ -111,6 +111,9 @@ impl Page {
                     expected: u64::MAX,
                     request_timeout: Duration::from_secs(40),
                     trace_len: 16,
+                    // Every other page takes several messages per answer.
+                    max: (page % 2 == 1).then_some(5),
+                    rounds: None,
                 };
                 // A page about to sleep stops polling then (its held poll is aborted, as
                 // a frozen tab's is).
