@@ -435,14 +435,19 @@ async fn a_rolling_restart_of_the_three_nodes_loses_no_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_expired_while_its_page_slept_is_resumed_with_every_event() {
     const EXPIRY: Duration = Duration::from_secs(4);
-    // Half the pages sleep three times the expiry; the others poll throughout.
+    // A page that falls asleep just after an answer leaves the queue's consumer lingering
+    // on the gateway (10 s after its last delivery, for the next poll), and RabbitMQ counts
+    // a queue's expiry only once it has no consumer: the sleep covers both, with room.
+    const CONSUMER_LINGER: Duration = Duration::from_secs(10);
+    const SLEEP: Duration = Duration::from_secs(CONSUMER_LINGER.as_secs() + 2 * EXPIRY.as_secs());
+    // Half the pages sleep past the linger and two expiries; the others poll throughout.
     let sleeps = |page: usize| page.is_multiple_of(2);
     let scenario = Scenario::start(
         "d",
         |s| s.subscription_expiry = EXPIRY,
         |page| PageOptions {
             resume: true,
-            sleep: sleeps(page).then_some((Duration::from_secs(1), EXPIRY * 3)),
+            sleep: sleeps(page).then_some((Duration::from_secs(1), SLEEP)),
         },
     )
     .await;
@@ -457,7 +462,7 @@ async fn a_subscription_expired_while_its_page_slept_is_resumed_with_every_event
     scenario.wait_events(scale().events_per_phase).await;
     eprintln!(
         "observed: sleep of {:.0} s with a subscription expiry of {:.0} s",
-        (EXPIRY * 3).as_secs_f64(),
+        SLEEP.as_secs_f64(),
         EXPIRY.as_secs_f64()
     );
     let (cluster, lives, published) = scenario.finish().await;
