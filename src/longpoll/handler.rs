@@ -121,6 +121,18 @@ fn inspect_body(body: &[u8], uuid: &str) -> BodyFlags {
     }
 }
 
+/// Records the wait on the broker in the poll's span (when spans are exported).
+fn consume_step<T>(
+    trace: Option<&PollTrace>,
+    started: SystemTime,
+    result: &Result<T, BrokerError>,
+) {
+    if let Some(t) = trace {
+        let error = result.as_ref().err().map(|e| e.to_string());
+        t.step("longpoll.consume", started, error.as_deref());
+    }
+}
+
 impl PollHandler {
     /// One message (txlongpoll's poll), or up to `max` (boxed: a held poll's
     /// future stays sized for the one-message wait).
@@ -146,10 +158,7 @@ impl PollHandler {
         loop {
             let consume_started = SystemTime::now();
             let result = self.broker.next_message(&request.uuid).await;
-            if let Some(t) = trace {
-                let error = result.as_ref().err().map(|e| e.to_string());
-                t.step("longpoll.consume", consume_started, error.as_deref());
-            }
+            consume_step(trace, consume_started, &result);
             let delivery: Delivery = match result {
                 Ok(d) => d,
                 Err(e) => return broker_failed(e),
@@ -188,10 +197,7 @@ impl PollHandler {
                 .broker
                 .next_messages(&request.uuid, usize::from(request.max))
                 .await;
-            if let Some(t) = trace {
-                let error = result.as_ref().err().map(|e| e.to_string());
-                t.step("longpoll.consume", consume_started, error.as_deref());
-            }
+            consume_step(trace, consume_started, &result);
             let deliveries = match result {
                 Ok(d) => d,
                 Err(e) => return broker_failed(e),
