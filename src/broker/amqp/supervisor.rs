@@ -122,13 +122,19 @@ const RECONNECT_AT_ONCE: Duration = Duration::from_secs(1);
 
 /// Every connection was lost at once, yet a node may still answer: RabbitMQ
 /// closes every connection whose channel published to a stream whose leader
-/// just died (541 INTERNAL_ERROR), on nodes that stay up. One quick attempt
-/// tells that from a broker gone.
+/// just died (541 INTERNAL_ERROR), on nodes that stay up. Quick attempts for
+/// a second tell that from a broker gone.
 async fn reconnects_at_once(inner: &Inner) -> bool {
-    matches!(
-        tokio::time::timeout(RECONNECT_AT_ONCE, inner.connections.fill()).await,
-        Ok(Ok(_))
-    )
+    // A node that has just closed its connections may refuse the first attempt
+    // too: try again within the window, not once.
+    let attempts = async {
+        while inner.connections.fill().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(RECONNECT_AT_ONCE, attempts)
+        .await
+        .is_ok()
 }
 
 /// How often a connection may be moved to a node that holds fewer: each move
