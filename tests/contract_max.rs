@@ -99,7 +99,7 @@ async fn more_waiting_than_max_are_answered_max_now_and_the_rest_next_poll(backe
     let first = poll_max(&gw, &key, 1, 3).await;
     assert_eq!(ns(&first), [1, 2, 3]);
     assert_eq!(ids_header(&first), ids[..3]);
-    assert_eq!(gw.broker_counts(&key).await, (2, 3));
+    gw.wait_taken(&key, 5, 3, "three answered").await;
     let next = poll_max(&gw, &key, 2, 3).await;
     assert_eq!(ns(&next), [4, 5], "what waits, without waiting for more");
     assert_eq!(next.header("x-longpoll-count"), Some("2"));
@@ -130,11 +130,7 @@ async fn a_retry_replays_the_whole_answer_whatever_max_it_asks(backend: Backend)
         assert_eq!(ids_header(&retry), ids_header(&first));
     }
     assert_eq!(gw.metric("longpoll_replays_total").await, 4.0);
-    assert_eq!(
-        gw.broker_counts(&key).await,
-        (1, 3),
-        "nothing more consumed"
-    );
+    gw.wait_taken(&key, 4, 3, "nothing more answered").await;
 }
 
 async fn the_next_sequence_acks_the_whole_answer(backend: Backend) {
@@ -177,7 +173,12 @@ async fn an_answer_not_followed_within_the_replay_ttl_is_requeued_whole_in_order
     assert_eq!(ns(&again), [1, 2, 3, 4]);
     assert_eq!(ids_header(&again), ids);
     assert_eq!(gw.metric("longpoll_replays_total").await, 0.0);
-    assert_eq!(gw.metric("longpoll_messages_redelivered_total").await, 3.0);
+    // With a prefetch window the fourth went to the consumer, and back.
+    let redelivered = if gw.has_window() { 4.0 } else { 3.0 };
+    assert_eq!(
+        gw.metric("longpoll_messages_redelivered_total").await,
+        redelivered
+    );
 }
 
 async fn a_client_gone_before_the_answer_leaves_the_messages_in_order(backend: Backend) {
@@ -219,7 +220,12 @@ async fn a_restart_without_seen_requeues_the_whole_answer_and_serves_it_again(ba
     assert_eq!(ids_header(&restarted), ids);
     assert_eq!(restarted.sequence(), Some(1));
     assert_eq!(gw.metric("longpoll_sequence_restarts_total").await, 1.0);
-    assert_eq!(gw.metric("longpoll_messages_requeued_total").await, 3.0);
+    let requeued = gw.metric("longpoll_messages_requeued_total").await;
+    if gw.has_window() {
+        assert!(requeued >= 3.0, "{requeued}");
+    } else {
+        assert_eq!(requeued, 3.0);
+    }
 }
 
 async fn a_next_sequence_that_does_not_show_the_answer_requeues_it_whole(backend: Backend) {
@@ -268,11 +274,7 @@ async fn without_max_nothing_changes(backend: Backend) {
     assert_eq!(r.message_id(), ids[0]);
     assert_eq!(r.header("x-longpoll-count"), None);
     assert_eq!(r.header("x-longpoll-message-ids"), None);
-    assert_eq!(
-        gw.broker_counts(&key).await,
-        (2, 1),
-        "one taken, prefetch 1"
-    );
+    gw.wait_taken(&key, 3, 1, "one answered").await;
     // max=1 is the same poll.
     let r = poll_max(&gw, &key, 2, 1).await;
     assert_eq!(r.json(), json!({"n": 2, "event_key": event}));

@@ -18,7 +18,7 @@ async fn status(url: &str) -> u16 {
 #[tokio::test]
 async fn bad_configuration_exits_non_zero_with_one_line_naming_the_problem() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 6] = [
+    let cases: [Case; 7] = [
         (&["serve", "--poll-timeout", "0"], &[], "--poll-timeout"),
         (&["serve", "--broker", "amqp//nohost"], &[], "--broker"),
         (
@@ -29,6 +29,11 @@ async fn bad_configuration_exits_non_zero_with_one_line_naming_the_problem() {
         (&["serve", "--no-such-flag"], &[], "--no-such-flag"),
         (&["serve"], &[("LONGPOLL_MAX_POLLS", "lots")], "--max-polls"),
         (&["serve", "--log-format", "yaml"], &[], "--log-format"),
+        (
+            &["serve"],
+            &[("LONGPOLL_CONSUMER_PREFETCH", "101")],
+            "--consumer-prefetch",
+        ),
     ];
     for (args, env, names) in cases {
         let (code, _out, err) = run(args, env).await;

@@ -133,6 +133,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", env = "LONGPOLL_CHANNEL_POOL_SIZE",
           value_parser = Setting(value::channel_pool_size))]
     pub channel_pool_size: Option<usize>,
+    /// RabbitMQ: messages a queue's consumer may hold unacked (1 = the answer
+    /// alone); the rest wait in the gateway for that client's next poll.
+    #[arg(long, value_name = "N", env = "LONGPOLL_CONSUMER_PREFETCH",
+          value_parser = Setting(value::consumer_prefetch))]
+    pub consumer_prefetch: Option<u16>,
     /// `text` or `json`.
     #[arg(long, value_name = "FORMAT", env = "LONGPOLL_LOG_FORMAT",
           value_parser = Setting(value::log_format))]
@@ -263,6 +268,7 @@ impl ServeArgs {
             replay_capacity: self.replay_capacity.unwrap_or(d.replay_capacity),
             api_token: set(self.api_token),
             channel_pool_size: self.channel_pool_size.unwrap_or(d.channel_pool_size),
+            consumer_prefetch: self.consumer_prefetch.unwrap_or(d.consumer_prefetch),
             log_format: self.log_format.unwrap_or(d.log_format),
             public_url: set(self.public_url),
             cors_origins: self.cors_origins.into_iter().filter_map(|o| o.0).collect(),

@@ -395,6 +395,9 @@ pub struct Settings {
     pub replay_capacity: usize,
     pub api_token: Option<ApiToken>,
     pub channel_pool_size: usize,
+    /// Unacked messages per RabbitMQ consumer: the answer held for its
+    /// sequence, plus deliveries waiting for the client's next poll.
+    pub consumer_prefetch: u16,
     pub log_format: LogFormat,
     pub public_url: Option<Url>,
     pub cors_origins: Vec<String>,
@@ -430,6 +433,7 @@ impl Default for Settings {
             replay_capacity: 1_000_000,
             api_token: None,
             channel_pool_size: DEFAULT_CHANNEL_POOL_SIZE,
+            consumer_prefetch: 1,
             log_format: LogFormat::Text,
             public_url: None,
             cors_origins: Vec::new(),

@@ -101,6 +101,15 @@ pub fn channel_pool_size(text: &str) -> Result<usize, String> {
     }
 }
 
+/// Prefetch per consumer: 1 to 100 — the most one answer may hold (`max`);
+/// a deeper window only keeps messages away from the queue longer.
+pub fn consumer_prefetch(text: &str) -> Result<u16, String> {
+    match count(text)? {
+        n if n > 100 => Err("at most 100 (the most messages one answer holds)".into()),
+        n => u16::try_from(n).map_err(|e| e.to_string()),
+    }
+}
+
 pub fn max_header_bytes(text: &str) -> Result<usize, String> {
     match count(text)? {
         n if n < 8192 => Err("at least 8192 (hyper's smallest read buffer)".into()),
@@ -289,6 +298,9 @@ mod tests {
         assert_eq!(count("0").unwrap_err(), "must be greater than 0");
         assert_eq!(count("lots").unwrap_err(), "\"lots\" is not a whole number");
         assert!(channel_pool_size("2001").is_err());
+        assert_eq!(consumer_prefetch("10").unwrap(), 10);
+        assert!(consumer_prefetch("0").is_err());
+        assert!(consumer_prefetch("101").is_err());
         assert!(max_header_bytes("8191").is_err());
         assert_eq!(http2_max_streams("5000000000").unwrap_err(), "too large");
     }

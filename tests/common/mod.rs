@@ -35,6 +35,16 @@ pub enum Backend {
     Rabbit,
 }
 
+tokio::task_local! {
+    /// `--consumer-prefetch` of the gateways a test starts in its own task:
+    /// `both_brokers!`'s third run sets it to [`WINDOW_PREFETCH`].
+    pub static CONSUMER_PREFETCH: u16;
+}
+
+/// The prefetch window `both_brokers!` runs every behaviour with on RabbitMQ,
+/// besides the default of 1.
+pub const WINDOW_PREFETCH: u16 = 10;
+
 /// The RabbitMQ the tests use (`make test` makes sure it runs).
 pub fn amqp_url() -> String {
     std::env::var("LONGPOLL_TEST_AMQP_URL")
@@ -62,6 +72,7 @@ pub fn test_settings(backend: Backend) -> Settings {
         subscription_expiry: Duration::from_secs(120),
         drain_timeout: Duration::from_secs(5),
         channel_pool_size: 8,
+        consumer_prefetch: CONSUMER_PREFETCH.try_with(|p| *p).unwrap_or(1),
         ..Settings::default()
     }
 }
@@ -241,6 +252,37 @@ impl TestGateway {
                 (stats.ready, stats.unacked.unwrap_or(0))
             }
         }
+    }
+
+    /// The (ready, unacked) the broker shows for a queue of `total` messages
+    /// of which this gateway's polls answered `answered` and whose consumer
+    /// still lingers: on RabbitMQ with a prefetch window, the consumer holds
+    /// the messages behind the answer too, up to the window.
+    pub fn counts_after_taking(&self, total: u64, answered: u64) -> (u64, u64) {
+        let window = match self.backend {
+            Backend::Rabbit => u64::from(self.settings.consumer_prefetch),
+            Backend::Memory => 1,
+        };
+        let unacked = total.min(answered.max(window));
+        (total - unacked, unacked)
+    }
+
+    /// Waits until the broker shows [`TestGateway::counts_after_taking`]
+    /// (RabbitMQ pushes a window's messages a moment after the answer).
+    pub async fn wait_taken(&self, queue: &str, total: u64, answered: u64, what: &str) {
+        let wanted = self.counts_after_taking(total, answered);
+        eventually(Duration::from_secs(10), what, || async {
+            is(self.broker_counts(queue).await, wanted)
+        })
+        .await;
+    }
+
+    /// A prefetch window is on: the messages behind an answer wait in the
+    /// gateway's consumer, and go back to the queue with an answer that does
+    /// (more requeues and redeliveries than the answer's own; a requeued
+    /// answer may even reach the consumer again before it is cancelled).
+    pub fn has_window(&self) -> bool {
+        self.backend == Backend::Rabbit && self.settings.consumer_prefetch > 1
     }
 
     /// Waits until a poll on `queue` waits at the broker (a consumer on
@@ -547,6 +589,21 @@ macro_rules! both_brokers {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Backend::Rabbit).await
+                }
+            )*
+        }
+        /// RabbitMQ with a prefetch window: messages behind an answer wait in
+        /// the gateway's consumer, and every behaviour holds the same.
+        mod rabbitmq_prefetch_window {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::common::CONSUMER_PREFETCH
+                        .scope(
+                            $crate::common::WINDOW_PREFETCH,
+                            super::$name($crate::common::Backend::Rabbit),
+                        )
+                        .await
                 }
             )*
         }

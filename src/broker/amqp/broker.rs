@@ -4,8 +4,9 @@
 //! it waits on lives in `consumers`.
 //!
 //! The messages of one answer of several (`next_messages`) are the
-//! consumer's delivery and the messages already waiting behind it, taken with
-//! `basic.get` on the consumer's channel; each is settled by its own tag — a
+//! consumer's delivery and the messages already waiting behind it: those the
+//! consumer holds (a prefetch above 1), or, with a prefetch of 1, those taken
+//! with `basic.get` on the consumer's channel; each is settled by its own tag — a
 //! consumer channel is shared by many queues' consumers, so one `basic.ack`
 //! with `multiple` would settle other polls' messages too.
 //!
@@ -17,16 +18,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::Confirmation;
-use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, BasicRejectOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::AmqpOptions;
 use super::channels::{self, ConsumerChannels, OpChannelPool, op_channel};
 use super::connections::{Connections, Nodes};
-use super::consumers::{ConsumerRegistry, consumer_slot, ensure_consumer, live_consumer};
-use super::delivery::{publish_properties, to_delivery};
+use super::consumers::{
+    ActiveConsumer, ConsumerRegistry, consumer_slot, ensure_consumer, live_consumer,
+};
+use super::delivery::{PrefetchWindow, publish_properties, to_delivery};
 use super::errors::{from_lapin_on, short};
 use super::history::{self, HistoryStream};
 use super::supervisor::{self, Link};
@@ -106,6 +109,7 @@ impl AmqpBroker {
             consumer_channels: ConsumerChannels::new(
                 channels::consumer_channel_count(options.channel_pool_size),
                 connections.clone(),
+                options.consumer_prefetch,
             ),
             consumers: ConsumerRegistry::new(options.consumer_linger),
             name,
@@ -243,7 +247,9 @@ impl AmqpBroker {
 
 impl AmqpBroker {
     /// Waits for the queue's next message on its consumer and, for `max` > 1,
-    /// takes up to `max - 1` more already waiting ([`waiting_behind`]).
+    /// takes up to `max - 1` more already waiting: those the consumer holds
+    /// behind it (a prefetch above 1), else those in the queue
+    /// ([`waiting_behind`]).
     async fn take(
         &self,
         queue: &str,
@@ -253,6 +259,9 @@ impl AmqpBroker {
         let mut usage = inner.consumers.use_entry(queue);
         let mut backoff =
             Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).with_jitter();
+        // The channel of a spoiled consumer just cancelled: its successor
+        // consumes there, after the requeues (`ensure_consumer`).
+        let mut consume_on: Option<Arc<lapin::Channel>> = None;
         // The rare paths (broker down, consumer to start, backoff) are boxed, so
         // that the future every held poll keeps is sized for the wait alone.
         loop {
@@ -269,7 +278,7 @@ impl AmqpBroker {
             let mut active = consumer_slot(&entry).await;
             if !live_consumer(&active) {
                 drop(active);
-                match Box::pin(ensure_consumer(inner, &entry, queue)).await {
+                match Box::pin(ensure_consumer(inner, &entry, queue, consume_on.take())).await {
                     Ok(()) => {}
                     Err(e) if e.is_recoverable() => {
                         tracing::debug!(error = %e, "cannot consume yet; retrying");
@@ -283,14 +292,41 @@ impl AmqpBroker {
             let Some(consumer) = active.as_mut() else {
                 continue; // retired in between: start again
             };
+            if consumer.is_spoiled() {
+                if let Some(old) = active.take() {
+                    consume_on = Some(Box::pin(respawn(old)).await);
+                }
+                continue;
+            }
             match consumer.consumer.next().await {
                 Some(Ok(delivery)) => {
+                    if consumer.is_spoiled() {
+                        // An answer went back while this poll waited: this
+                        // delivery may come after it in the queue.
+                        let _ = consumer
+                            .channel
+                            .basic_reject(
+                                delivery.delivery_tag,
+                                BasicRejectOptions { requeue: true },
+                            )
+                            .await;
+                        inner.metrics.messages_requeued.inc();
+                        if let Some(old) = active.take() {
+                            consume_on = Some(Box::pin(respawn(old)).await);
+                        }
+                        continue;
+                    }
                     usage.delivered = true;
-                    let first = to_delivery(delivery, &consumer.channel, &inner.metrics);
-                    let more = if max > 1 {
-                        Box::pin(waiting_behind(inner, &consumer.channel, queue, max - 1)).await
-                    } else {
-                        Vec::new()
+                    let window = consumer.window.clone();
+                    let first =
+                        to_delivery(delivery, &consumer.channel, window.as_ref(), &inner.metrics);
+                    let more = match (max > 1, window) {
+                        (false, _) => Vec::new(),
+                        (true, Some(window)) => held_behind(inner, &mut active, &window, max - 1),
+                        (true, None) => {
+                            let channel = consumer.channel.clone();
+                            Box::pin(waiting_behind(inner, &channel, queue, max - 1)).await
+                        }
                     };
                     return Ok((first, more));
                 }
@@ -314,13 +350,59 @@ impl AmqpBroker {
     }
 }
 
+/// Cancels a spoiled consumer and requeues what it holds (each message at its
+/// place); returns its channel, for its successor.
+async fn respawn(old: ActiveConsumer) -> Arc<lapin::Channel> {
+    let channel = old.channel.clone();
+    old.cancel_and_requeue().await;
+    channel
+}
+
+/// Up to `up_to` deliveries the consumer already holds behind the one just
+/// taken (a prefetch above 1), without waiting: RabbitMQ pushed them in queue
+/// order, so they are the next messages. A consumer whose stream ended or
+/// failed is dropped after them (its channel closed: the broker requeued
+/// whatever it held, and what was taken settles as such).
+fn held_behind(
+    inner: &Inner,
+    active: &mut Option<ActiveConsumer>,
+    window: &Arc<PrefetchWindow>,
+    up_to: usize,
+) -> Vec<Delivery> {
+    let mut more = Vec::new();
+    let Some(consumer) = active.as_mut() else {
+        return more;
+    };
+    let mut lost = false;
+    while more.len() < up_to {
+        match consumer.consumer.next().now_or_never() {
+            Some(Some(Ok(d))) => more.push(to_delivery(
+                d,
+                &consumer.channel,
+                Some(window),
+                &inner.metrics,
+            )),
+            None => break,
+            Some(Some(Err(_)) | None) => {
+                lost = true;
+                break;
+            }
+        }
+    }
+    if lost {
+        *active = None;
+    }
+    more
+}
+
 /// Up to `up_to` messages already waiting in `queue`, taken with `basic.get`
 /// (unacked) on the channel of the consumer that delivered the one before
 /// them, so that they are settled where it is; stops at the first empty get,
-/// or when the last get says nothing more waits. The consumer's prefetch of
-/// one is untouched (a `basic.get` does not count against it): it takes
-/// nothing more while the first message is unacked. A get that fails (the
-/// channel closed: the broker requeued everything on it) ends the list.
+/// or when the last get says nothing more waits. Only with a prefetch of one:
+/// the consumer takes nothing more while the first message is unacked (a
+/// `basic.get` does not count against it), so nothing is pushed ahead of what
+/// the gets take. A get that fails (the channel closed: the broker requeued
+/// everything on it) ends the list.
 async fn waiting_behind(
     inner: &Inner,
     channel: &Arc<lapin::Channel>,
@@ -337,7 +419,7 @@ async fn waiting_behind(
             .await
         {
             Ok(Some(got)) => {
-                more.push(to_delivery(got.delivery, channel, &inner.metrics));
+                more.push(to_delivery(got.delivery, channel, None, &inner.metrics));
                 if got.message_count == 0 {
                     break;
                 }

@@ -6,7 +6,7 @@
 //! delivery on it goes back to its queue. Probes, declares, binds and publishes
 //! therefore run on exclusive channels checked out of a deadpool pool — an error
 //! kills only that channel, and the pool's recycle check drops it. Consumers live
-//! on a separate set of long-lived channels (prefetch 1 per consumer) that never
+//! on a separate set of long-lived channels (`--consumer-prefetch` per consumer) that never
 //! carry an operation that can fail that way.
 //!
 //! An operation channel is also retired after [`DECLARES_PER_CHANNEL`] queue
@@ -266,20 +266,23 @@ pub(crate) struct ConsumerChannels {
     slots: Vec<tokio::sync::Mutex<Option<Arc<lapin::Channel>>>>,
     next: AtomicUsize,
     connections: Connections,
+    /// `basic.qos` per consumer on each channel.
+    prefetch: u16,
 }
 
 impl ConsumerChannels {
-    pub(crate) fn new(size: usize, connections: Connections) -> Arc<Self> {
+    pub(crate) fn new(size: usize, connections: Connections, prefetch: u16) -> Arc<Self> {
         Arc::new(ConsumerChannels {
             slots: (0..size.max(1))
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             next: AtomicUsize::new(0),
             connections,
+            prefetch: prefetch.max(1),
         })
     }
 
-    /// A connected consumer channel with prefetch 1 per consumer.
+    /// A connected consumer channel with its prefetch per consumer.
     pub(crate) async fn channel(&self) -> Result<Arc<lapin::Channel>, BrokerError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut slot = self.slots[i].lock().await;
@@ -294,12 +297,12 @@ impl ConsumerChannels {
         Ok(channel)
     }
 
-    /// Opens a consumer channel with prefetch 1 per consumer.
+    /// Opens a consumer channel with its prefetch per consumer.
     async fn open(&self) -> Result<Arc<lapin::Channel>, BrokerError> {
         let channel = open_channel(&self.connections).await?;
         // global = false: the limit applies to each consumer on the channel.
         channel
-            .basic_qos(1, BasicQosOptions { global: false })
+            .basic_qos(self.prefetch, BasicQosOptions { global: false })
             .await
             .map_err(|e| from_lapin_on(&e, &[]))?;
         Ok(Arc::new(channel))

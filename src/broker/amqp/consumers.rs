@@ -5,11 +5,17 @@
 //! Consuming per poll (consume → one message → ack → cancel) costs two round
 //! trips per message; a client that just got a 200 is back within milliseconds
 //! for the next sequence, so the consumer is kept for a short linger after a
-//! delivery. With prefetch 1 and the delivered message still unacked (the
-//! sequence layer holds it until the next sequence proves receipt), a lingering
-//! consumer cannot take anything else from the queue. A poll that ends without a
-//! delivery (client gone, timeout, superseded) cancels the consumer at once and
-//! requeues whatever reached it, so nothing waits in a consumer nobody reads.
+//! delivery. With prefetch 1 (the default) and the delivered message still
+//! unacked (the sequence layer holds it until the next sequence proves
+//! receipt), a lingering consumer cannot take anything else from the queue.
+//! With `--consumer-prefetch` above 1 it holds up to that many, the answer
+//! included: the messages behind the answer wait in the consumer for the
+//! client's next poll, which then takes them without a round trip to RabbitMQ,
+//! and go back to the queue at their places when the consumer is retired (no
+//! poll within the linger) or when the answer before them goes back
+//! ([`PrefetchWindow`]). A poll that ends without a delivery (client gone,
+//! timeout, superseded) cancels the consumer at once and requeues whatever
+//! reached it, so nothing waits in a consumer nobody reads.
 //!
 //! Must not: turn deliveries into messages or settle them (`delivery`), or
 //! declare anything (`topology` probes the queue before a consumer starts).
@@ -24,6 +30,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicRejectOptions
 use lapin::types::FieldTable;
 
 use super::broker::Inner;
+use super::delivery::PrefetchWindow;
 use super::errors::{from_lapin_on, short};
 use crate::broker::{BrokerError, BrokerErrorKind};
 use crate::telemetry::Metrics;
@@ -32,6 +39,9 @@ use crate::telemetry::Metrics;
 pub(crate) struct ActiveConsumer {
     pub(crate) channel: Arc<lapin::Channel>,
     pub(crate) consumer: lapin::Consumer,
+    /// With a prefetch above 1: spoiled when an answer of this consumer goes
+    /// back to the queue while later deliveries may wait behind it.
+    pub(crate) window: Option<Arc<PrefetchWindow>>,
     metrics: Arc<Metrics>,
 }
 
@@ -39,14 +49,22 @@ impl ActiveConsumer {
     pub(crate) fn new(
         channel: Arc<lapin::Channel>,
         consumer: lapin::Consumer,
+        prefetch: u16,
         metrics: Arc<Metrics>,
     ) -> Self {
         metrics.consumers.inc();
         ActiveConsumer {
             channel,
             consumer,
+            window: (prefetch > 1).then(|| Arc::new(PrefetchWindow::default())),
             metrics,
         }
+    }
+
+    /// An answer it delivered went back to the queue: what it holds must follow
+    /// before anything else is taken from it.
+    pub(crate) fn is_spoiled(&self) -> bool {
+        self.window.as_ref().is_some_and(|w| w.is_spoiled())
     }
 
     /// Cancels the consumer and requeues the deliveries that reached it after
@@ -236,10 +254,16 @@ pub(crate) fn live_consumer(active: &Option<ActiveConsumer>) -> bool {
 /// milliseconds) must not leave a consumer registered on the broker that
 /// nothing reads or cancels — it would hold a message unacked forever.
 /// Whoever retires the entry waits for the task and cancels what it made.
+///
+/// `on`: the channel to consume on, when it is still open — the channel a
+/// spoiled consumer was cancelled on, whose requeues RabbitMQ must see before
+/// the new consumer (frames of one channel are handled in order; two channels'
+/// are not ordered against each other).
 pub(crate) async fn ensure_consumer(
     inner: &Arc<Inner>,
     entry: &Arc<QueueEntry>,
     queue: &str,
+    on: Option<Arc<lapin::Channel>>,
 ) -> Result<(), BrokerError> {
     // The caller found none live; the task checks again under the lock.
     let (inner, entry, queue) = (inner.clone(), entry.clone(), queue.to_owned());
@@ -249,17 +273,25 @@ pub(crate) async fn ensure_consumer(
             return Ok(());
         }
         *active = None;
-        *active = Some(start_consumer(&inner, &queue).await?);
+        *active = Some(start_consumer(&inner, &queue, on).await?);
         Ok(())
     })
     .await
     .unwrap_or_else(|e| Err(BrokerError::new(BrokerErrorKind::Internal, e.to_string())))
 }
 
-/// Probes the queue, then consumes it on a shared consumer channel.
-async fn start_consumer(inner: &Inner, queue: &str) -> Result<ActiveConsumer, BrokerError> {
+/// Probes the queue, then consumes it on a shared consumer channel (`on`, if
+/// still open).
+async fn start_consumer(
+    inner: &Inner,
+    queue: &str,
+    on: Option<Arc<lapin::Channel>>,
+) -> Result<ActiveConsumer, BrokerError> {
     inner.topology.probe_queue(queue).await?;
-    let channel = inner.consumer_channels.channel().await?;
+    let channel = match on.filter(|ch| ch.status().connected()) {
+        Some(channel) => channel,
+        None => inner.consumer_channels.channel().await?,
+    };
     let tag = format!("lp-{}", uuid::Uuid::new_v4().simple());
     let consumer = channel
         .basic_consume(
@@ -273,6 +305,7 @@ async fn start_consumer(inner: &Inner, queue: &str) -> Result<ActiveConsumer, Br
     Ok(ActiveConsumer::new(
         channel,
         consumer,
+        inner.options.consumer_prefetch,
         inner.metrics.clone(),
     ))
 }

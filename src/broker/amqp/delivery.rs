@@ -7,6 +7,7 @@
 //! writes messages; which channel carries them is `consumers`' and `broker`'s.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -55,10 +56,12 @@ pub(crate) fn publish_properties(
 }
 
 /// A lapin delivery as the poll path sees it, settled on `channel` (the one it
-/// came on).
+/// came on). `window`: the prefetch window of the consumer it came from, when
+/// that consumer may hold deliveries behind it (`consumers::ActiveConsumer`).
 pub(crate) fn to_delivery(
     d: lapin::message::Delivery,
     channel: &Arc<lapin::Channel>,
+    window: Option<&Arc<PrefetchWindow>>,
     metrics: &Arc<Metrics>,
 ) -> Delivery {
     let props = &d.properties;
@@ -89,6 +92,7 @@ pub(crate) fn to_delivery(
         Box::new(AmqpSettle {
             channel: channel.clone(),
             delivery_tag: d.delivery_tag,
+            window: window.cloned(),
         }),
         metrics.clone(),
     )
@@ -145,6 +149,28 @@ fn as_u64(v: &AMQPValue) -> Option<u64> {
 struct AmqpSettle {
     channel: Arc<lapin::Channel>,
     delivery_tag: u64,
+    window: Option<Arc<PrefetchWindow>>,
+}
+
+/// The deliveries a consumer with a prefetch above 1 holds behind an answer
+/// come later in the queue than the answer. When an answer goes back to the
+/// queue, they must go back too before anyone takes them, or the next poll
+/// would show them first: the requeue marks the window spoiled, and the
+/// consumer's next user cancels it and requeues what it holds (RabbitMQ puts
+/// each message back at its place), then consumes afresh.
+#[derive(Debug, Default)]
+pub(crate) struct PrefetchWindow {
+    spoiled: AtomicBool,
+}
+
+impl PrefetchWindow {
+    pub(crate) fn spoil(&self) {
+        self.spoiled.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_spoiled(&self) -> bool {
+        self.spoiled.load(Ordering::SeqCst)
+    }
 }
 
 #[async_trait]
@@ -163,6 +189,10 @@ impl Settle for AmqpSettle {
     }
 
     async fn requeue(&self) -> Result<(), BrokerError> {
+        // Before the reject: a poll that takes a delivery after it sees the mark.
+        if let Some(window) = &self.window {
+            window.spoil();
+        }
         if !self.channel.status().connected() {
             return Ok(()); // the broker requeued it when the channel closed
         }

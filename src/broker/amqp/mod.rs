@@ -52,6 +52,10 @@ pub struct AmqpOptions {
     pub channel_pool_size: usize,
     /// AMQP connections pooled.
     pub connections: usize,
+    /// Unacked deliveries per consumer (`basic.qos`, per consumer): 1 holds
+    /// the answer alone; more lets RabbitMQ push the next messages while the
+    /// answer waits for its sequence, kept in the consumer for the next poll.
+    pub consumer_prefetch: u16,
     /// How long a queue's consumer is kept after a delivery, waiting for the
     /// client's next poll.
     pub consumer_linger: Duration,
@@ -73,6 +77,7 @@ impl AmqpOptions {
             exchange_type: s.exchange_type,
             subscription_expiry: s.subscription_expiry,
             channel_pool_size: s.channel_pool_size,
+            consumer_prefetch: s.consumer_prefetch,
             consumer_linger: Duration::from_secs(10),
             tls: s.broker_tls.clone(),
             history: HistoryOptions::from_settings(s),
