@@ -141,6 +141,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "config": {
                 "apiToken": "token",
                 "channelPoolSize": 64,
+                "consumerPrefetch": 20,
                 "corsOrigins": ["https://a.example.com", "https://b.example.com"],
                 "publicUrl": "https://longpoll.example.com/longpoll/",
                 "otel": {"endpoint": "http://otel-collector:4318", "protocol": "http/protobuf"},

@@ -166,6 +166,7 @@ def test_settings_reach_the_binary_as_environment(render):
         "LONGPOLL_HISTORY_MAX_AGE": "1h",
         "LONGPOLL_HISTORY_MAX_BYTES": "1GB",
         "LONGPOLL_CHANNEL_POOL_SIZE": "64",
+        "LONGPOLL_CONSUMER_PREFETCH": "20",
         "LONGPOLL_LOG_FORMAT": "json",
         "LONGPOLL_PUBLIC_URL": "https://longpoll.example.com/longpoll/",
         "LONGPOLL_CORS_ORIGINS": "https://a.example.com,https://b.example.com",

@@ -28,6 +28,8 @@ BAD_VALUES = {
     "maxPolls zero": {"config": {"maxPolls": 0}},
     "maxPolls a string": {"config": {"maxPolls": "100000"}},
     "channelPoolSize zero": {"config": {"channelPoolSize": 0}},
+    "consumerPrefetch zero": {"config": {"consumerPrefetch": 0}},
+    "consumerPrefetch above 100": {"config": {"consumerPrefetch": 101}},
     "corsOrigins a string": {"config": {"corsOrigins": "https://a.example.com"}},
     "history.maxAge below a second": {"config": {"history": {"maxAge": "500ms"}}},
     "history.maxAge a number": {"config": {"history": {"maxAge": 3600}}},
