@@ -24,7 +24,7 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, BasicRejectOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::AmqpOptions;
-use super::channels::{self, ConsumerChannels, OpChannelPool, op_channel};
+use super::channels::{self, OpChannelPool, SharedChannels, SharedUse};
 use super::connections::{Connections, Nodes};
 use super::consumers::{
     ActiveConsumer, ConsumerRegistry, consumer_slot, ensure_consumer, live_consumer,
@@ -49,7 +49,9 @@ pub(crate) struct Inner {
     /// Operation channels: declares, binds, deletes, publishes.
     pub(crate) ops: OpChannelPool,
     pub(crate) topology: Topology,
-    pub(crate) consumer_channels: Arc<ConsumerChannels>,
+    pub(crate) consumer_channels: Arc<SharedChannels>,
+    /// Publishes, many in flight per channel (their confirms come batched).
+    pub(crate) publish_channels: Arc<SharedChannels>,
     pub(crate) consumers: ConsumerRegistry,
     pub(crate) link: Link,
     pub(crate) metrics: Arc<Metrics>,
@@ -106,10 +108,17 @@ impl AmqpBroker {
                 .map(|h| HistoryStream::new(h, options.exchange_type, history_connections)),
         );
         let inner = Arc::new(Inner {
-            consumer_channels: ConsumerChannels::new(
+            consumer_channels: SharedChannels::new(
                 channels::consumer_channel_count(options.channel_pool_size),
                 connections.clone(),
-                options.consumer_prefetch,
+                SharedUse::Consumers {
+                    prefetch: options.consumer_prefetch,
+                },
+            ),
+            publish_channels: SharedChannels::new(
+                options.connections,
+                connections.clone(),
+                SharedUse::Publishes,
             ),
             consumers: ConsumerRegistry::new(options.consumer_linger),
             name,
@@ -186,7 +195,7 @@ impl AmqpBroker {
                     (exchange.clone(), routing_key.clone(), properties.clone());
                 let body = &message.body;
                 async move {
-                    let ch = op_channel(&inner.ops, &inner.metrics).await?;
+                    let ch = inner.publish_channels.channel().await?;
                     let confirm = ch
                         .basic_publish(
                             exchange,
@@ -199,7 +208,6 @@ impl AmqpBroker {
                         .map_err(|e| from_lapin_on(&e, &[topology.exchange()]))?
                         .await
                         .map_err(|e| from_lapin_on(&e, &[topology.exchange()]))?;
-                    ch.done();
                     match confirm {
                         Confirmation::Ack(_) | Confirmation::NotRequested => {
                             inner.metrics.events_published.inc();
@@ -513,6 +521,7 @@ impl Broker for AmqpBroker {
                 entry.retire().await;
             }
             inner.consumer_channels.close_all().await;
+            inner.publish_channels.close_all().await;
         };
         if tokio::time::timeout(CLOSE_STEP_TIMEOUT, orderly)
             .await

@@ -258,31 +258,43 @@ pub(crate) fn consumer_channel_count(pool_size: usize) -> usize {
     pool_size.div_ceil(OP_CHANNELS_PER_CONSUMER_CHANNEL).max(1)
 }
 
-/// Long-lived channels that carry consumers, handed out round-robin and
-/// reopened when found closed.
-pub(crate) struct ConsumerChannels {
+/// What a set of [`SharedChannels`] carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SharedUse {
+    /// Consumers, with a `basic.qos` prefetch per consumer.
+    Consumers { prefetch: u16 },
+    /// Publishes in confirm mode, many in flight on each channel: RabbitMQ
+    /// then confirms several with one `basic.ack` (`multiple`), where a
+    /// publish on an exclusive channel waits for its own confirm alone. A
+    /// channel error (an exchange deleted under the publish) closes it for
+    /// every publish in flight on it; those go again (`Topology::with_exchange`).
+    Publishes,
+}
+
+/// Long-lived channels shared by many users (consumers, or publishes), handed
+/// out round-robin and reopened when found closed.
+pub(crate) struct SharedChannels {
     // Shared as an `Arc`: every consumer and delivery keeps its channel, and a
     // `lapin::Channel` is 128 bytes of reference counts to clone.
     slots: Vec<tokio::sync::Mutex<Option<Arc<lapin::Channel>>>>,
     next: AtomicUsize,
     connections: Connections,
-    /// `basic.qos` per consumer on each channel.
-    prefetch: u16,
+    uses: SharedUse,
 }
 
-impl ConsumerChannels {
-    pub(crate) fn new(size: usize, connections: Connections, prefetch: u16) -> Arc<Self> {
-        Arc::new(ConsumerChannels {
+impl SharedChannels {
+    pub(crate) fn new(size: usize, connections: Connections, uses: SharedUse) -> Arc<Self> {
+        Arc::new(SharedChannels {
             slots: (0..size.max(1))
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             next: AtomicUsize::new(0),
             connections,
-            prefetch: prefetch.max(1),
+            uses,
         })
     }
 
-    /// A connected consumer channel with its prefetch per consumer.
+    /// A connected channel, set up for its use.
     pub(crate) async fn channel(&self) -> Result<Arc<lapin::Channel>, BrokerError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut slot = self.slots[i].lock().await;
@@ -297,18 +309,25 @@ impl ConsumerChannels {
         Ok(channel)
     }
 
-    /// Opens a consumer channel with its prefetch per consumer.
+    /// Opens a channel: a consumer channel with its prefetch per consumer, or a
+    /// publish channel in confirm mode.
     async fn open(&self) -> Result<Arc<lapin::Channel>, BrokerError> {
         let channel = open_channel(&self.connections).await?;
-        // global = false: the limit applies to each consumer on the channel.
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions { global: false })
-            .await
-            .map_err(|e| from_lapin_on(&e, &[]))?;
+        match self.uses {
+            // global = false: the limit applies to each consumer on the channel.
+            SharedUse::Consumers { prefetch } => channel
+                .basic_qos(prefetch.max(1), BasicQosOptions { global: false })
+                .await
+                .map_err(|e| from_lapin_on(&e, &[]))?,
+            SharedUse::Publishes => channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| from_lapin_on(&e, &[]))?,
+        }
         Ok(Arc::new(channel))
     }
 
-    /// Closes every consumer channel (their unacked deliveries return to their queues).
+    /// Closes every channel (a consumer channel's unacked deliveries return to their queues).
     pub(crate) async fn close_all(&self) {
         for slot in &self.slots {
             let taken = slot.lock().await.take();
