@@ -55,6 +55,14 @@ impl TargetKind {
             TargetKind::RawQueues => "raw-queues",
         }
     }
+
+    /// Whether the target is RabbitMQ alone (lp-load on its AMQP side).
+    pub fn is_raw(self) -> bool {
+        matches!(
+            self,
+            TargetKind::RawConsume | TargetKind::RawPipe | TargetKind::RawQueues
+        )
+    }
 }
 
 /// The HTTP/1 client subscribers and publishers use.
@@ -108,6 +116,22 @@ pub struct Args {
     /// Events per second offered in total (0 = as fast as the publishers go).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    /// Publish in rounds instead of at a rate: each round publishes N events to
+    /// every subscriber at once (S × N, as fast as the publishers go, a
+    /// subscriber's N together), waits until all of them were delivered (at
+    /// most --burst-wait, then the rest count as missing), and the next round
+    /// starts, until --duration. Measures how a server empties a backlog per
+    /// subscriber (what --max and a consumer prefetch are for): the report
+    /// gives deliveries/s (messages: an answer of 10 counts 10), answers/s and
+    /// the rounds. Any target; raw-pipe's one queue gets N per round.
+    #[arg(long, value_name = "N", conflicts_with_all = ["rate", "hold_only"],
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub burst: Option<u32>,
+    /// With --burst: how long a round waits for its deliveries once its events
+    /// were published (or since the publishers last got one through).
+    #[arg(long, default_value = "10s", requires = "burst",
+          value_parser = longpoll_gateway::config::parse_duration)]
+    pub burst_wait: Duration,
     /// The HTTP/1 client of the subscribers and HTTP publishers.
     #[arg(long, value_enum, default_value_t = ClientKind::Handwritten)]
     pub client: ClientKind,
@@ -217,6 +241,24 @@ mod tests {
         let max = |v: &str| Cli::try_parse_from(["lp-load", "--max", v]).map(|c| c.run.max);
         assert_eq!(max("20").ok(), Some(20));
         assert!(max("0").is_err() && max("101").is_err());
+    }
+
+    #[test]
+    fn burst_is_rounds_of_events_per_subscriber_and_excludes_a_rate() {
+        let cli = Cli::try_parse_from(["lp-load", "--burst", "10", "--burst-wait", "2s"])
+            .expect("--burst parses");
+        assert_eq!(cli.run.burst, Some(10));
+        assert_eq!(cli.run.burst_wait, Duration::from_secs(2));
+        assert_eq!(
+            Cli::try_parse_from(["lp-load"]).map(|c| c.run.burst).ok(),
+            Some(None)
+        );
+        for conflicting in [["--rate", "100"], ["--hold-only", "--settle=1s"]] {
+            let args = ["lp-load", "--burst", "10"].into_iter().chain(conflicting);
+            assert!(Cli::try_parse_from(args).is_err(), "{conflicting:?}");
+        }
+        assert!(Cli::try_parse_from(["lp-load", "--burst", "0"]).is_err());
+        assert!(Cli::try_parse_from(["lp-load", "--burst-wait", "2s"]).is_err());
     }
 
     #[test]

@@ -275,6 +275,7 @@ async fn subscriber(mut conn: Conn, key: String, max: u8, ctx: Arc<Ctx>) {
                     Counters::inc(&c.delivered);
                 }
                 if new > 0 {
+                    Counters::inc(&c.answers);
                     ctx.latencies.record_each(&response.body, received);
                 }
             }

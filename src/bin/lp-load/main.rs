@@ -27,6 +27,12 @@
 //! gateway, nginx's master and workers for nchan, RabbitMQ's `beam.smp` for the
 //! raw targets), of the generator itself and of the whole machine.
 //!
+//! `--burst N` publishes in rounds instead: N events to every subscriber at
+//! once, as fast as the publishers go, each round waited for until all of its
+//! events were delivered (or `--burst-wait` ran out), until `--duration`; the
+//! report adds answers/s (fewer than deliveries/s when answers carry several,
+//! `--max`) and the rounds.
+//!
 //! `--hold-only` publishes nothing: it holds S polls for `--duration` and reports
 //! the server's resident memory per held poll (before the polls vs with S held).
 //!
@@ -36,6 +42,7 @@
 //! lp-load --target nchan --subscribers 1000 --duration 20s
 //! lp-load --target raw-consume --subscribers 1000 --duration 20s
 //! lp-load --target raw-queues --subscribers 1000 --duration 20s --rate 5000
+//! lp-load --api-token T --subscribers 200 --duration 8s --burst 10 --max 10
 //! lp-load --target nchan --hold-only --subscribers 19000 --duration 10s
 //! lp-load compare            # what `make bench-compare` runs
 //! ```

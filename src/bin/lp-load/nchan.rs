@@ -373,6 +373,7 @@ async fn subscriber(mut conn: Conn, target: String, ctx: Arc<Ctx>) {
                     cursor = conn.headers(&[("If-Modified-Since", lm), ("If-None-Match", etag)]);
                 }
                 Counters::inc(&c.delivered);
+                Counters::inc(&c.answers);
                 ctx.latencies.record(&response.body, received);
             }
             // Timed out: ask again for the same message.

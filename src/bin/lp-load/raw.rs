@@ -326,6 +326,7 @@ async fn consume_per_poll(
         };
         let received = now_us();
         Counters::inc(&c.delivered);
+        Counters::inc(&c.answers);
         ctx.latencies.record(&delivery.data, received);
         let settled = if cancel_first {
             let cancel = ch
@@ -389,6 +390,7 @@ async fn kept_consumer(
             Ok(d) => {
                 let received = now_us();
                 Counters::inc(&c.delivered);
+                Counters::inc(&c.answers);
                 ctx.latencies.record(&d.data, received);
                 if d.acker.ack(BasicAckOptions::default()).await.is_err() {
                     Counters::inc(&c.amqp_errors);

@@ -17,6 +17,9 @@ pub struct Report {
     #[serde(default = "handwritten")]
     pub client: ClientKind,
     pub subscribers: usize,
+    /// Each poll's `max` (`--max`; reports of older lp-loads have none: 1).
+    #[serde(default = "one")]
+    pub max: u8,
     /// Events/s offered; 0 = as fast as the publishers go.
     pub offered_rate: u64,
     pub publish_via: EventPath,
@@ -24,10 +27,16 @@ pub struct Report {
     pub published: u64,
     pub delivered: u64,
     pub deliveries_per_sec: f64,
+    /// Answers that carried messages (raw targets: AMQP deliveries); fewer
+    /// than `delivered` when answers carry several. None in older reports.
+    pub answers: Option<u64>,
+    pub answers_per_sec: Option<f64>,
     pub published_per_sec: f64,
     pub undelivered: u64,
     pub latency_ms: Latency,
     pub errors: Errors,
+    /// `--burst`: the rounds (none for a run at a rate or holding polls).
+    pub burst: Option<Burst>,
     /// Polls (consumers) the server said it held before publishing.
     pub polls_held: Option<usize>,
     pub all_polls_held: bool,
@@ -42,6 +51,10 @@ fn handwritten() -> ClientKind {
     ClientKind::Handwritten
 }
 
+fn one() -> u8 {
+    1
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -49,6 +62,25 @@ pub enum Mode {
     Throughput,
     /// `--hold-only`: polls held, nothing published.
     Hold,
+    /// `--burst`: rounds of N events to every subscriber at once.
+    Burst,
+}
+
+/// What the rounds of a `--burst` run did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Burst {
+    /// Events to every subscriber per round (`--burst`).
+    pub events_per_subscriber: u32,
+    pub rounds: u64,
+    /// Rounds whose events were not all delivered within `--burst-wait`.
+    pub rounds_timed_out: u64,
+    /// Events published but not delivered within their round's wait (one that
+    /// came later still counts in `delivered`, and may let a later round end
+    /// before its own last event).
+    pub missing: u64,
+    /// How long a round took, its first publish to its last delivery.
+    pub round_ms_p50: Option<f64>,
+    pub round_ms_max: Option<f64>,
 }
 
 /// How events reach the server.
@@ -186,10 +218,26 @@ pub struct Machine {
 
 impl Report {
     /// The server's CPU µs per delivery, plus the broker's when sampled: much
-    /// steadier than deliveries/s on a machine shared with other work.
+    /// steadier than deliveries/s on a machine shared with other work. A
+    /// broker that is the server itself (a raw target's RabbitMQ) counts once.
     pub fn server_cpu_per_delivery(&self) -> Option<f64> {
-        let broker = self.broker.as_ref().and_then(|b| b.cpu_us_per_delivery);
+        let broker = self
+            .broker
+            .as_ref()
+            .filter(|b| !self.server.pids.contains(&b.pid))
+            .and_then(|b| b.cpu_us_per_delivery);
         Some(self.server.cpu_us_per_delivery? + broker.unwrap_or(0.0))
+    }
+
+    /// RabbitMQ's own CPU µs per delivery: the broker's (`--broker-pid`), or
+    /// the server's for a raw target (RabbitMQ is the server there); none for
+    /// a server without RabbitMQ behind it.
+    pub fn rabbitmq_cpu_per_delivery(&self) -> Option<f64> {
+        match &self.broker {
+            Some(b) => b.cpu_us_per_delivery,
+            None if self.target.is_raw() => self.server.cpu_us_per_delivery,
+            None => None,
+        }
     }
 
     /// Resident memory per held poll, its subscription included (PSS where
@@ -294,6 +342,8 @@ pub mod tests {
         assert_eq!(r.target, TargetKind::Gateway);
         assert_eq!(r.mode, Mode::Throughput);
         assert_eq!(r.client, ClientKind::Handwritten);
+        assert_eq!(r.max, 1);
+        assert_eq!((r.answers, r.burst.as_ref()), (None, None));
         assert_eq!(r.publish_via, EventPath::GatewayAmqp);
         assert!(r.delivered > 0 && r.delivered <= r.published);
         assert!(r.latency_ms.p99.is_some_and(|p99| p99 > 0.0));
@@ -344,6 +394,25 @@ pub mod tests {
         assert!(text.contains(r#""p99":null"#), "{text}");
         let back: Report = serde_json::from_str(&text).unwrap();
         assert_eq!(back.latency_ms.p99, None);
+    }
+
+    #[test]
+    fn rabbitmq_as_the_server_and_as_the_broker_counts_once() {
+        let mut r = sample_report();
+        r.target = TargetKind::RawQueues;
+        r.server.cpu_us_per_delivery = Some(80.0);
+        let broker = r.broker.as_mut().expect("the sample has a broker");
+        broker.cpu_us_per_delivery = Some(80.0);
+        broker.pid = 4242;
+        r.server.pids = vec![4242];
+        assert_eq!(r.server_cpu_per_delivery(), Some(80.0));
+        assert_eq!(r.rabbitmq_cpu_per_delivery(), Some(80.0));
+        // Without --broker-pid, a raw target's server is RabbitMQ.
+        r.broker = None;
+        assert_eq!(r.rabbitmq_cpu_per_delivery(), Some(80.0));
+        // The gateway on the embedded broker has no RabbitMQ.
+        r.target = TargetKind::Gateway;
+        assert_eq!(r.rabbitmq_cpu_per_delivery(), None);
     }
 
     #[test]

@@ -1,20 +1,21 @@
 //! One load run, start to end: prepare the target, hold every poll, sample the
-//! processes, publish (or only hold) for `--duration`, let the last deliveries
-//! arrive, and turn the samples into a [`Report`]. Owns the run's order and its
-//! samples; must not know how a target talks to its server (gateway.rs,
-//! nchan.rs, raw.rs do).
+//! processes, publish (at a rate, or in `--burst` rounds, each waited for) or
+//! only hold for `--duration`, let the last deliveries arrive, and turn the
+//! samples into a [`Report`]. Owns the run's order and its samples; must not
+//! know how a target talks to its server (gateway.rs, nchan.rs, raw.rs do).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::BoxError;
 use crate::cli::{Args, PublishVia, TargetKind};
 use crate::report::{self, EventPath, Latency, Mode, Report};
 use crate::stats::{self, Counters, ProcSample, percentile};
-use crate::traffic::{Ctx, PublishPlan};
+use crate::traffic::{Ctx, Pace, PublishPlan};
 use crate::{gateway, nchan, raw};
 
 /// The server a run drives.
@@ -124,6 +125,17 @@ struct Samples {
     elapsed: f64,
     all_held: bool,
     held_seen: Option<usize>,
+    /// `--burst`: what the rounds did.
+    burst: Option<BurstSamples>,
+}
+
+#[derive(Default)]
+struct BurstSamples {
+    rounds: u64,
+    timed_out: u64,
+    missing: u64,
+    /// Each round's time, first publish to last delivery, in microseconds.
+    round_us: Vec<u32>,
 }
 
 pub struct Run<'a> {
@@ -190,6 +202,8 @@ impl<'a> Run<'a> {
         self.samples.machine_start = stats::machine_ticks();
         if self.args.hold_only {
             self.hold(started).await;
+        } else if let Some(n) = self.args.burst {
+            self.publish_bursts(started, n).await;
         } else {
             self.publish(started).await;
         }
@@ -199,10 +213,11 @@ impl<'a> Run<'a> {
         self.samples.gen_end = stats::sample(&self_pid());
         self.samples.machine_end = stats::machine_ticks();
 
-        // Let the last deliveries arrive.
+        // Let the last deliveries arrive (each burst round waited for its own).
         let c = &self.ctx.counters;
         let drain_deadline = Instant::now() + Duration::from_secs(10);
         while !self.args.hold_only
+            && self.args.burst.is_none()
             && Instant::now() < drain_deadline
             && Counters::get(&c.delivered) < Counters::get(&c.published)
         {
@@ -286,11 +301,7 @@ impl<'a> Run<'a> {
         let interval = (self.args.rate > 0)
             .then(|| Duration::from_secs_f64(publishers as f64 / self.args.rate as f64));
         let next = Arc::new(AtomicU64::new(0));
-        let keys = if self.args.target == TargetKind::RawPipe {
-            1
-        } else {
-            self.args.subscribers.max(1)
-        };
+        let keys = self.keys();
         let mut handles = Vec::new();
         for i in 0..publishers {
             let first = started
@@ -302,15 +313,105 @@ impl<'a> Run<'a> {
                 PublishPlan {
                     next: next.clone(),
                     keys,
-                    interval,
-                    first,
-                    until,
+                    pace: Pace::Rate {
+                        interval,
+                        first,
+                        until,
+                    },
                 },
             ));
         }
         for h in handles {
             let _ = h.await;
         }
+    }
+
+    /// The keys events go to: one per subscriber (raw-pipe: its one queue).
+    fn keys(&self) -> usize {
+        if self.args.target == TargetKind::RawPipe {
+            1
+        } else {
+            self.args.subscribers.max(1)
+        }
+    }
+
+    /// `--burst N`: rounds of N events to every key, each published at once
+    /// by `--publishers` as fast as they go and then waited for, until
+    /// `--duration`. A round ends when every event published so far was
+    /// delivered or given up on (the counters are the run's, not the round's:
+    /// cheap, and exact while nothing is missing); it gives up once
+    /// `--burst-wait` passed without a publish getting through, counts what
+    /// did not arrive as missing, and the next round starts.
+    async fn publish_bursts(&mut self, started: Instant, per_key: u32) {
+        let until = started + self.args.duration;
+        let wait = self.args.burst_wait;
+        let keys = self.keys();
+        // At most tokio's limit of permits (far beyond any run's S × N).
+        let per_round = keys
+            .saturating_mul(per_key as usize)
+            .min(Semaphore::MAX_PERMITS);
+        eprintln!(
+            "lp-load: bursts of {per_key} events to each of {keys} subscribers for {:?}",
+            self.args.duration
+        );
+        let permits = Arc::new(Semaphore::new(0));
+        let next = Arc::new(AtomicU64::new(0));
+        let handles: Vec<JoinHandle<()>> = (0..self.args.publishers.max(1))
+            .map(|_| {
+                self.target.spawn_publisher(
+                    &self.ctx,
+                    PublishPlan {
+                        next: next.clone(),
+                        keys,
+                        pace: Pace::Rounds {
+                            permits: permits.clone(),
+                            per_key,
+                        },
+                    },
+                )
+            })
+            .collect();
+        let c = &self.ctx.counters;
+        let mut b = BurstSamples::default();
+        let mut offered: u64 = 0;
+        while Instant::now() < until && !self.ctx.stopped() {
+            let round_started = Instant::now();
+            offered += per_round as u64;
+            permits.add_permits(per_round);
+            let (mut tried_before, mut progress) = (0, round_started);
+            loop {
+                let published = Counters::get(&c.published);
+                let tried = published + Counters::get(&c.publish_errors);
+                let delivered = Counters::get(&c.delivered);
+                if tried > tried_before {
+                    (tried_before, progress) = (tried, Instant::now());
+                }
+                if tried >= offered && delivered + b.missing >= published {
+                    break;
+                }
+                if progress.elapsed() >= wait || self.ctx.stopped() {
+                    b.timed_out += 1;
+                    b.missing += published.saturating_sub(delivered + b.missing);
+                    break;
+                }
+                // 1 ms: a round of ~1,000 events takes tens of milliseconds.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            b.rounds += 1;
+            b.round_us
+                .push(u32::try_from(round_started.elapsed().as_micros()).unwrap_or(u32::MAX));
+        }
+        permits.close();
+        // A publisher stuck in a request to a server that stopped answering
+        // must not hold the run: it gets --burst-wait, then is aborted.
+        for h in handles {
+            let abort = h.abort_handle();
+            if tokio::time::timeout(wait, h).await.is_err() {
+                abort.abort();
+            }
+        }
+        b.round_us.sort_unstable();
+        self.samples.burst = Some(b);
     }
 
     pub fn report(&self) -> Report {
@@ -321,6 +422,7 @@ impl<'a> Run<'a> {
         let s = a.subscribers;
         let delivered = Counters::get(&c.delivered);
         let published = Counters::get(&c.published);
+        let answers = Counters::get(&c.answers);
         let per =
             |from: Option<ProcSample>, to: Option<ProcSample>, f: fn(ProcSample) -> Option<u64>| {
                 let (from, to) = (f(from?)?, f(to?)?);
@@ -347,8 +449,14 @@ impl<'a> Run<'a> {
             }
             _ => None,
         };
+        // A raw target's server is RabbitMQ: given as the broker too, it is
+        // taken off the machine's CPU once.
+        let broker_is_server = self
+            .broker_pid
+            .is_some_and(|p| self.target.server_pids().contains(&p));
+        let broker_other = if broker_is_server { None } else { broker_cpu };
         let other_cpu = machine_busy.map(|m| {
-            m - server_cpu.unwrap_or(0.0) - gen_cpu.unwrap_or(0.0) - broker_cpu.unwrap_or(0.0)
+            m - server_cpu.unwrap_or(0.0) - gen_cpu.unwrap_or(0.0) - broker_other.unwrap_or(0.0)
         });
         let elapsed = sm.elapsed.max(1e-9);
         Report {
@@ -356,6 +464,8 @@ impl<'a> Run<'a> {
             target: a.target,
             mode: if a.hold_only {
                 Mode::Hold
+            } else if a.burst.is_some() {
+                Mode::Burst
             } else {
                 Mode::Throughput
             },
@@ -364,6 +474,12 @@ impl<'a> Run<'a> {
                 1
             } else {
                 s
+            },
+            // Only the gateway's polls carry a `max`.
+            max: if a.target == TargetKind::Gateway {
+                a.max
+            } else {
+                1
             },
             offered_rate: a.rate,
             publish_via: match (a.target, a.publish_via) {
@@ -376,6 +492,8 @@ impl<'a> Run<'a> {
             published,
             delivered,
             deliveries_per_sec: delivered as f64 / elapsed,
+            answers: Some(answers),
+            answers_per_sec: Some(answers as f64 / elapsed),
             published_per_sec: published as f64 / sm.publish_secs.max(1e-9),
             undelivered: published.saturating_sub(delivered),
             latency_ms: Latency {
@@ -386,6 +504,14 @@ impl<'a> Run<'a> {
                 samples: lat.len(),
             },
             errors: c.errors(),
+            burst: a.burst.zip(sm.burst.as_ref()).map(|(n, b)| report::Burst {
+                events_per_subscriber: n,
+                rounds: b.rounds,
+                rounds_timed_out: b.timed_out,
+                missing: b.missing,
+                round_ms_p50: percentile(&b.round_us, 0.5),
+                round_ms_max: percentile(&b.round_us, 1.0),
+            }),
             polls_held: sm.held_seen,
             all_polls_held: sm.all_held,
             server: report::Server {

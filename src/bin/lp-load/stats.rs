@@ -10,7 +10,11 @@ use crate::report::Errors;
 /// Everything the subscribers and publishers count, by kind.
 #[derive(Default)]
 pub struct Counters {
+    /// Messages delivered (an answer of several counts each).
     pub delivered: AtomicU64,
+    /// Answers that carried messages (raw targets: AMQP deliveries): below
+    /// `delivered` when answers carry several (a poll's `max`).
+    pub answers: AtomicU64,
     pub duplicates: AtomicU64,
     pub published: AtomicU64,
     pub publish_errors: AtomicU64,

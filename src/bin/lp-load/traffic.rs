@@ -1,6 +1,7 @@
 //! The traffic every target gets: the events (their bodies and keys), the
-//! publishers' loop at a rate, and a client's retry backoff. Owns what
-//! subscribers and publishers share during a run; must not know any target.
+//! publishers' loop (at a rate, or in `--burst` rounds), and a client's retry
+//! backoff. Owns what subscribers and publishers share during a run; must not
+//! know any target.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -114,32 +115,124 @@ impl Publish for HttpPublisher {
 pub struct PublishPlan {
     pub next: Arc<AtomicU64>,
     pub keys: usize,
-    pub interval: Option<Duration>,
-    /// When this publisher's first tick is (publishers are staggered over one
-    /// interval so that a steady rate is not offered in bursts).
-    pub first: Instant,
-    pub until: Instant,
+    pub pace: Pace,
+}
+
+/// When a publisher sends its next event.
+pub enum Pace {
+    /// One event per `interval` (none: as fast as it goes) until `until`.
+    Rate {
+        interval: Option<Duration>,
+        /// When this publisher's first tick is (publishers are staggered over
+        /// one interval so that a steady rate is not offered in bursts).
+        first: Instant,
+        until: Instant,
+    },
+    /// `--burst`: one event per permit, as fast as it goes; the run hands out
+    /// a round's permits (S × N) at once and closes the semaphore at the end.
+    /// A round's events go `per_key` at a time to the same key (its N events
+    /// are published together by the concurrent publishers, so they wait for
+    /// the subscriber together, a backlog that a poll's `max` can take at
+    /// once), key after key: every key gets exactly N per round.
+    Rounds {
+        permits: Arc<Semaphore>,
+        per_key: u32,
+    },
 }
 
 pub async fn publish_loop<P: Publish>(mut p: P, ctx: Arc<Ctx>, plan: PublishPlan) {
-    let mut tick = plan.interval.map(|i| {
-        let mut t = tokio::time::interval_at(plan.first.into(), i);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        t
-    });
-    while Instant::now() < plan.until && !ctx.stopped() {
-        if let Some(t) = tick.as_mut() {
-            t.tick().await;
-            if Instant::now() >= plan.until {
-                break;
+    let keys = plan.keys.max(1) as u64;
+    match plan.pace {
+        Pace::Rate {
+            interval,
+            first,
+            until,
+        } => {
+            let mut tick = interval.map(|i| {
+                let mut t = tokio::time::interval_at(first.into(), i);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            while Instant::now() < until && !ctx.stopped() {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                    if Instant::now() >= until {
+                        break;
+                    }
+                }
+                let n = plan.next.fetch_add(1, Ordering::Relaxed);
+                publish_one(&mut p, &ctx, n, (n % keys) as usize).await;
             }
         }
-        let n = plan.next.fetch_add(1, Ordering::Relaxed);
-        let ok = p.publish((n % plan.keys as u64) as usize, n).await;
-        Counters::inc(if ok {
-            &ctx.counters.published
-        } else {
-            &ctx.counters.publish_errors
-        });
+        Pace::Rounds { permits, per_key } => {
+            let per_key = u64::from(per_key.max(1));
+            // Closed: the run is over.
+            while let Ok(permit) = permits.acquire().await {
+                permit.forget();
+                if ctx.stopped() {
+                    break;
+                }
+                let n = plan.next.fetch_add(1, Ordering::Relaxed);
+                publish_one(&mut p, &ctx, n, (n / per_key % keys) as usize).await;
+            }
+        }
+    }
+}
+
+/// Publishes event `n` to key `key_index` and counts it.
+async fn publish_one<P: Publish>(p: &mut P, ctx: &Ctx, n: u64, key_index: usize) {
+    let ok = p.publish(key_index, n).await;
+    Counters::inc(if ok {
+        &ctx.counters.published
+    } else {
+        &ctx.counters.publish_errors
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records the keys it was asked to publish to.
+    struct Recorder(Arc<Mutex<Vec<usize>>>);
+
+    impl Publish for Recorder {
+        async fn publish(&mut self, key_index: usize, _n: u64) -> bool {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(key_index);
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_round_gives_every_key_its_events_together() {
+        let ctx = Arc::new(Ctx::new(250, 1, ClientKind::Handwritten));
+        let keys = Arc::new(Mutex::new(Vec::new()));
+        let permits = Arc::new(Semaphore::new(0));
+        let plan = PublishPlan {
+            next: Arc::new(AtomicU64::new(0)),
+            keys: 3,
+            pace: Pace::Rounds {
+                permits: permits.clone(),
+                per_key: 2,
+            },
+        };
+        let publisher = tokio::spawn(publish_loop(Recorder(keys.clone()), ctx.clone(), plan));
+        // Two rounds of 3 keys × 2 events, then the end of the run.
+        permits.add_permits(6);
+        permits.add_permits(6);
+        while Counters::get(&ctx.counters.published) < 12 {
+            tokio::task::yield_now().await;
+        }
+        permits.close();
+        publisher
+            .await
+            .expect("the publisher ends when the permits close");
+        let keys = keys.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(keys, [0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]);
     }
 }

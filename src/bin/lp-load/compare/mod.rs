@@ -4,11 +4,13 @@
 //!
 //! - (a) deliveries/s at full speed, S subscribers, ~250-byte events;
 //! - (b) latency p50/p99/p999 at a steady offered rate;
-//! - (c) resident memory per held poll with H polls held
+//! - (c) resident memory per held poll with H polls held;
+//! - (d) bursts: rounds of N events to every subscriber at once, each waited
+//!   for (`lp-load --burst`), messages/s with `max=10` against `max=1`
 //!
-//! (`plan.rs` says which server runs in which phase). The head-to-head runs,
-//! gateway-memory and nchan at full speed and at the steady rate, alternate for
-//! `--rounds` rounds; the ratio against a target is the median of the rounds'
+//! (`plan.rs` says which server runs in which phase). The head-to-head runs
+//! (gateway-memory and nchan at full speed and at the steady rate, `max=10`
+//! and `max=1` in bursts) alternate for `--rounds` rounds; the ratio against a target is the median of the rounds'
 //! own ratios, and each server's median round stands for it in the tables. A
 //! rate or latency run during which other processes used more than
 //! `--other-cpu-max` % of a core runs again, up to `--attempts` times while the
@@ -64,6 +66,18 @@ pub struct CompareArgs {
     #[arg(long, env = "BENCH_HOLD_TIME", default_value = "10s",
           value_parser = longpoll_gateway::config::parse_duration)]
     pub hold_time: Duration,
+    /// Subscribers of the burst runs (fewer than --subscribers: a round waits
+    /// for its slowest subscriber, and the phase's rounds of head-to-head
+    /// must keep the whole comparison within ~15 minutes).
+    #[arg(long, env = "BENCH_BURST_SUBSCRIBERS", default_value_t = 200)]
+    pub burst_subscribers: usize,
+    /// Events to every subscriber per burst round (lp-load's --burst).
+    #[arg(long, env = "BENCH_BURST_EVENTS", default_value_t = 10)]
+    pub burst_events: u32,
+    /// How long each burst run goes on starting rounds.
+    #[arg(long, env = "BENCH_BURST_DURATION", default_value = "8s",
+          value_parser = longpoll_gateway::config::parse_duration)]
+    pub burst_duration: Duration,
     /// A rate or latency run during which other processes used more CPU than
     /// this, in % of one core, is run again.
     #[arg(long, env = "BENCH_OTHER_CPU_MAX", default_value_t = 35.0)]
@@ -384,6 +398,12 @@ impl<'a> Bench<'a> {
                 self.rabbitmq_hold,
                 humantime::format_duration(a.hold_time)
             )),
+            Phase::Burst => say(format!(
+                "(d) bursts of {} events to each of {} subscribers, {}{rounds}",
+                a.burst_events,
+                a.burst_subscribers,
+                humantime::format_duration(a.burst_duration)
+            )),
         }
     }
 
@@ -393,6 +413,7 @@ impl<'a> Bench<'a> {
         let mut v: Vec<String> = Vec::new();
         let subscribers = match run.phase {
             Phase::Full | Phase::Steady => a.subscribers,
+            Phase::Burst => a.burst_subscribers,
             Phase::Hold => match run.server.setup {
                 Setup::Gateway {
                     broker: Broker::Rabbitmq,
@@ -402,7 +423,8 @@ impl<'a> Bench<'a> {
         };
         let duration = match run.phase {
             Phase::Hold => a.hold_time,
-            _ => a.duration,
+            Phase::Burst => a.burst_duration,
+            Phase::Full | Phase::Steady => a.duration,
         };
         if run.phase == Phase::Hold {
             v.push("--hold-only".into());
@@ -415,6 +437,9 @@ impl<'a> Bench<'a> {
         ]);
         if run.phase == Phase::Steady {
             v.extend(["--rate".into(), a.steady_rate.to_string()]);
+        }
+        if run.phase == Phase::Burst {
+            v.extend(["--burst".into(), a.burst_events.to_string()]);
         }
         v
     }

@@ -1,6 +1,6 @@
 //! What `lp-load compare` runs, as data: the servers (how each is started and
 //! which lp-load flags drive it), the phases (full speed, steady rate, polls
-//! held) and the plan, in order. Owns the scenario; must not start anything.
+//! held, bursts) and the plan, in order. Owns the scenario; must not start anything.
 //!
 //! A new server is one more `Server` constant (a variant of another one is
 //! `Server { name, lp_load_args, ..GATEWAY_MEMORY }`) and its place in a plan
@@ -72,6 +72,42 @@ pub const GATEWAY_RABBITMQ: Server = Server {
     ],
 };
 
+/// gateway-rabbitmq with a prefetch window per consumer: RabbitMQ pushes up to
+/// 10 messages to a subscription's consumer and the gateway holds the extras
+/// for the next polls (with prefetch 1, each message after the first waits for
+/// the client's next sequence to reach RabbitMQ as an ack).
+pub const GATEWAY_RABBITMQ_PREFETCH: Server = Server {
+    name: "gateway-rabbitmq-prefetch",
+    gateway_args: &["--consumer-prefetch", "10"],
+    ..GATEWAY_RABBITMQ
+};
+
+/// gateway-rabbitmq-prefetch polled with `max=10`: an answer carries what the
+/// prefetch window already holds.
+pub const GATEWAY_RABBITMQ_PREFETCH_MAX10: Server = Server {
+    name: "gateway-rabbitmq-prefetch-max10",
+    lp_load_args: &[
+        "--broker-pid",
+        "rabbitmq",
+        "--publish-via",
+        "amqp",
+        "--exchange",
+        EXCHANGE,
+        "--amqp",
+        "{amqp}",
+        "--max",
+        "10",
+    ],
+    ..GATEWAY_RABBITMQ_PREFETCH
+};
+
+/// The embedded broker polled with `max=10`.
+pub const GATEWAY_MEMORY_MAX10: Server = Server {
+    name: "gateway-memory-max10",
+    lp_load_args: &["--max", "10"],
+    ..GATEWAY_MEMORY
+};
+
 /// The gateway on RabbitMQ with events through its management API.
 pub const GATEWAY_RABBITMQ_API: Server = Server {
     name: "gateway-rabbitmq-api",
@@ -93,14 +129,30 @@ pub const RAW_CONSUME: Server = Server {
     name: "raw-consume",
     setup: Setup::Raw,
     gateway_args: &[],
-    lp_load_args: &["--target", "raw-consume", "--amqp", "{amqp}"],
+    lp_load_args: &[
+        "--target",
+        "raw-consume",
+        "--amqp",
+        "{amqp}",
+        "--broker-pid",
+        "rabbitmq",
+    ],
 };
 
+/// RabbitMQ is the server here; `--broker-pid` puts its CPU in the RabbitMQ
+/// column as for the gateway on RabbitMQ (counted once).
 pub const RAW_PIPE: Server = Server {
     name: "raw-pipe",
     setup: Setup::Raw,
     gateway_args: &[],
-    lp_load_args: &["--target", "raw-pipe", "--amqp", "{amqp}"],
+    lp_load_args: &[
+        "--target",
+        "raw-pipe",
+        "--amqp",
+        "{amqp}",
+        "--broker-pid",
+        "rabbitmq",
+    ],
 };
 
 /// One AMQP connection, as the gateway has on 2 cores.
@@ -115,6 +167,8 @@ pub const RAW_QUEUES: Server = Server {
         "{amqp}",
         "--raw-connections",
         "1",
+        "--broker-pid",
+        "rabbitmq",
     ],
 };
 
@@ -130,6 +184,9 @@ pub enum Phase {
     Steady,
     /// (c) resident memory per held poll, nothing published.
     Hold,
+    /// (d) rounds of N events to every subscriber at once, each waited for
+    /// (`lp-load --burst`): how fast a backlog per subscriber empties.
+    Burst,
 }
 
 impl Phase {
@@ -138,6 +195,7 @@ impl Phase {
             Phase::Full => "full",
             Phase::Steady => "steady",
             Phase::Hold => "hold",
+            Phase::Burst => "burst",
         }
     }
 
@@ -285,9 +343,12 @@ impl PlanName {
 }
 
 /// `make bench-compare`, in order: (a) full speed, (b) the steady rate,
-/// (c) memory with polls held.
+/// (c) memory with polls held, (d) bursts (fewer subscribers, shorter: the
+/// whole plan stays within ~15 minutes on a quiet machine).
 pub const BENCH: &[Step] = &[
     Step::Once(RunId::new(Phase::Full, &GATEWAY_RABBITMQ)),
+    Step::Once(RunId::new(Phase::Full, &GATEWAY_RABBITMQ_PREFETCH)),
+    Step::Once(RunId::new(Phase::Full, &GATEWAY_RABBITMQ_PREFETCH_MAX10)),
     Step::HeadToHead {
         phase: Phase::Full,
         a: &GATEWAY_MEMORY,
@@ -305,6 +366,7 @@ pub const BENCH: &[Step] = &[
         median_by: Metric::P99,
     },
     Step::Once(RunId::new(Phase::Steady, &GATEWAY_RABBITMQ)),
+    Step::Once(RunId::new(Phase::Steady, &GATEWAY_RABBITMQ_PREFETCH)),
     // RabbitMQ's own latency at this rate; raw-queues's is the floor under
     // gateway-rabbitmq's.
     Step::Once(RunId::new(Phase::Steady, &RAW_PIPE)),
@@ -312,6 +374,20 @@ pub const BENCH: &[Step] = &[
     Step::Once(RunId::new(Phase::Hold, &GATEWAY_MEMORY)),
     Step::Once(RunId::new(Phase::Hold, &GATEWAY_RABBITMQ)),
     Step::Once(RunId::new(Phase::Hold, &NCHAN)),
+    // max=10 against max=1 on the same server, alternated: the ratio is the
+    // point, and both runs of a round meet the same spell of the machine.
+    Step::HeadToHead {
+        phase: Phase::Burst,
+        a: &GATEWAY_RABBITMQ_PREFETCH_MAX10,
+        b: &GATEWAY_RABBITMQ_PREFETCH,
+        median_by: Metric::DeliveriesPerSec,
+    },
+    Step::HeadToHead {
+        phase: Phase::Burst,
+        a: &GATEWAY_MEMORY_MAX10,
+        b: &GATEWAY_MEMORY,
+        median_by: Metric::DeliveriesPerSec,
+    },
 ];
 
 /// `make load`: both brokers with events through the management API.
@@ -430,6 +506,8 @@ mod tests {
             full,
             [
                 "full-gateway-rabbitmq",
+                "full-gateway-rabbitmq-prefetch",
+                "full-gateway-rabbitmq-prefetch-max10",
                 "full-gateway-memory",
                 "full-nchan",
                 "full-raw-consume",
@@ -439,11 +517,46 @@ mod tests {
             ]
         );
         assert_eq!(bench.runs_of(Phase::Hold).len(), 3);
+        assert_eq!(bench.runs_of(Phase::Burst).len(), 4);
+    }
+
+    #[test]
+    fn every_rabbitmq_backed_run_samples_rabbitmq() {
+        for step in PlanName::Bench.plan().steps {
+            for run in step.runs() {
+                let on_rabbitmq = matches!(
+                    run.server.setup,
+                    Setup::Raw
+                        | Setup::Gateway {
+                            broker: Broker::Rabbitmq
+                        }
+                );
+                let sampled = run
+                    .server
+                    .lp_load_args
+                    .windows(2)
+                    .any(|w| w == ["--broker-pid", "rabbitmq"]);
+                assert_eq!(on_rabbitmq, sampled, "{run}");
+            }
+        }
     }
 
     #[test]
     fn a_variant_server_differs_only_in_what_it_overrides() {
         assert_eq!(GATEWAY_MEMORY_HYPER.setup, GATEWAY_MEMORY.setup);
+        assert_eq!(
+            GATEWAY_RABBITMQ_PREFETCH.lp_load_args,
+            GATEWAY_RABBITMQ.lp_load_args
+        );
+        assert_eq!(
+            GATEWAY_RABBITMQ_PREFETCH_MAX10.gateway_args,
+            GATEWAY_RABBITMQ_PREFETCH.gateway_args
+        );
+        assert_eq!(
+            GATEWAY_RABBITMQ_PREFETCH_MAX10.lp_load_args,
+            [GATEWAY_RABBITMQ.lp_load_args, &["--max", "10"]].concat()
+        );
+        assert_eq!(GATEWAY_MEMORY_MAX10.setup, GATEWAY_MEMORY.setup);
         assert_eq!(NCHAN_HYPER.setup, Setup::Nchan);
         assert!(NCHAN_HYPER.lp_load_args.starts_with(NCHAN.lp_load_args));
     }

@@ -1,4 +1,4 @@
-//! The comparison's summary: `results.md` (every run's figures, the
+//! The comparison's summary: `results.md` (every run's figures by phase, the
 //! head-to-head rounds, the targets) and the verdict lines printed at the end.
 //! Owns how figures are shown; must not compute a verdict (targets.rs does).
 
@@ -59,10 +59,16 @@ impl Summary<'_> {
         self.reports.get(&run.to_string())
     }
 
-    /// Server CPU %, with RabbitMQ's beside it when sampled.
+    /// Server CPU %, with RabbitMQ's beside it when sampled (and not the
+    /// server itself, as for the raw targets).
     fn server_cpu(r: &Report) -> String {
         let server = num(r.server.cpu_percent, 0);
-        match r.broker.as_ref().and_then(|b| b.cpu_percent) {
+        match r
+            .broker
+            .as_ref()
+            .filter(|b| !r.server.pids.contains(&b.pid))
+            .and_then(|b| b.cpu_percent)
+        {
             Some(b) => format!("{server} + RabbitMQ {}", num(Some(b), 0)),
             None => server,
         }
@@ -86,6 +92,9 @@ impl Summary<'_> {
         if !self.plan.runs_of(Phase::Hold).is_empty() {
             self.held(w);
         }
+        if !self.plan.runs_of(Phase::Burst).is_empty() {
+            self.bursts(w);
+        }
         if self
             .plan
             .steps
@@ -104,10 +113,12 @@ impl Summary<'_> {
         let _ = writeln!(w, "## (a) Full speed\n");
         let _ = writeln!(
             w,
-            "Server CPU µs per delivery: the server's CPU time (plus RabbitMQ's for \
-             gateway-rabbitmq) over the run divided by the deliveries — steadier than \
+            "Server CPU µs per delivery: the server's CPU time (plus RabbitMQ's for the \
+             gateway on RabbitMQ) over the run divided by the deliveries — steadier than \
              deliveries/s on a shared machine. For the raw targets the server is RabbitMQ \
-             alone: their client side (the naive gateway, the pipe's consumer) runs in lp-load.\n"
+             alone: their client side (the naive gateway, the pipe's consumer) runs in lp-load. \
+             RabbitMQ's own share is its column, for every server RabbitMQ is behind. `max`: \
+             the most messages one answer may carry (each counts as a delivery).\n"
         );
         let _ = writeln!(
             w,
@@ -119,25 +130,26 @@ impl Summary<'_> {
         );
         let _ = writeln!(
             w,
-            "| target | events via | deliveries/s | published/s | p50 ms | p99 ms | p999 ms | \
-             server CPU % | server CPU µs per delivery | lp-load CPU % | lp-load CPU µs per \
-             delivery | other CPU % | errors |"
+            "| target | events via | max | deliveries/s | published/s | p50 ms | p99 ms | \
+             p999 ms | server CPU % | server CPU µs per delivery | RabbitMQ CPU µs per \
+             delivery | lp-load CPU % | lp-load CPU µs per delivery | other CPU % | errors |"
         );
         let _ = writeln!(
             w,
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
         );
         for run in self.plan.runs_of(Phase::Full) {
             let Some(r) = self.get(&run) else {
-                let _ = writeln!(w, "| {} | (no report) ||||||||||||", run.server.name);
+                let _ = writeln!(w, "| {} | (no report) ||||||||||||||", run.server.name);
                 continue;
             };
             let errors = r.errors.summary();
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 run.server.name,
                 r.publish_via.as_str(),
+                r.max,
                 num(Some(r.deliveries_per_sec), 0),
                 num(Some(r.published_per_sec), 0),
                 num(r.latency_ms.p50, 2),
@@ -145,6 +157,7 @@ impl Summary<'_> {
                 num(r.latency_ms.p999, 2),
                 Self::server_cpu(r),
                 num(r.server_cpu_per_delivery(), 0),
+                num(r.rabbitmq_cpu_per_delivery(), 0),
                 num(r.generator.cpu_percent, 0),
                 num(r.generator.cpu_us_per_delivery, 1),
                 num(r.machine.other_cpu_percent, 0),
@@ -157,19 +170,24 @@ impl Summary<'_> {
         let _ = writeln!(w, "\n## (b) Latency at a steady offered rate\n");
         let _ = writeln!(
             w,
-            "| target | offered/s | published/s | deliveries/s | p50 ms | p99 ms | p999 ms | \
-             server CPU % | server CPU µs per delivery | lp-load CPU % | other CPU % |"
+            "| target | max | offered/s | published/s | deliveries/s | p50 ms | p99 ms | p999 ms | \
+             server CPU % | server CPU µs per delivery | RabbitMQ CPU µs per delivery | \
+             lp-load CPU % | other CPU % |"
         );
-        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            w,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         for run in self.plan.runs_of(Phase::Steady) {
             let Some(r) = self.get(&run) else {
-                let _ = writeln!(w, "| {} | (no report) |||||||||", run.server.name);
+                let _ = writeln!(w, "| {} | (no report) |||||||||||", run.server.name);
                 continue;
             };
             let _ = writeln!(
                 w,
-                "| {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 run.server.name,
+                r.max,
                 num(Some(r.offered_rate as f64), 0),
                 num(Some(r.published_per_sec), 0),
                 if r.sustained() {
@@ -183,8 +201,64 @@ impl Summary<'_> {
                 num(r.latency_ms.p999, 2),
                 Self::server_cpu(r),
                 num(r.server_cpu_per_delivery(), 0),
+                num(r.rabbitmq_cpu_per_delivery(), 0),
                 num(r.generator.cpu_percent, 0),
                 num(r.machine.other_cpu_percent, 0),
+            );
+        }
+    }
+
+    fn bursts(&self, w: &mut String) {
+        let _ = writeln!(w, "\n## (d) Bursts\n");
+        let _ = writeln!(
+            w,
+            "Rounds of N events to every subscriber at once, published as fast as the \
+             publishers go; a round ends when all of its events were delivered (or its wait \
+             ran out: the rest count as missing), then the next one starts. Messages/s counts \
+             messages (an answer of 10 counts 10), answers/s the answers that carried them; \
+             latency is publish to response, as elsewhere.\n"
+        );
+        let _ = writeln!(
+            w,
+            "| target | max | subscribers | events per subscriber per round | rounds (timed \
+             out) | missing | messages/s | answers/s | round ms p50 / max | p50 ms | p99 ms | \
+             server CPU µs per delivery | RabbitMQ CPU µs per delivery | lp-load CPU % | other \
+             CPU % | errors |"
+        );
+        let _ = writeln!(
+            w,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
+        for run in self.plan.runs_of(Phase::Burst) {
+            let Some(r) = self.get(&run) else {
+                let _ = writeln!(w, "| {} | (no report) |||||||||||||||", run.server.name);
+                continue;
+            };
+            let b = r.burst.as_ref();
+            let errors = r.errors.summary();
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} |",
+                run.server.name,
+                r.max,
+                r.subscribers,
+                b.map_or_else(|| "–".into(), |b| b.events_per_subscriber.to_string()),
+                b.map_or_else(
+                    || "–".into(),
+                    |b| format!("{} ({})", b.rounds, b.rounds_timed_out)
+                ),
+                num(b.map(|b| b.missing as f64), 0),
+                num(Some(r.deliveries_per_sec), 0),
+                num(r.answers_per_sec, 0),
+                num(b.and_then(|b| b.round_ms_p50), 1),
+                num(b.and_then(|b| b.round_ms_max), 1),
+                num(r.latency_ms.p50, 2),
+                num(r.latency_ms.p99, 2),
+                num(r.server_cpu_per_delivery(), 0),
+                num(r.rabbitmq_cpu_per_delivery(), 0),
+                num(r.generator.cpu_percent, 0),
+                num(r.machine.other_cpu_percent, 0),
+                if errors.is_empty() { "–" } else { &errors },
             );
         }
     }
@@ -388,6 +462,14 @@ mod tests {
         let s = summary(&plan, &reports);
         let md = s.markdown();
         assert!(md.contains("| raw-pipe | (no report) |"), "{md}");
+        assert!(md.contains("## (d) Bursts"), "{md}");
+        // max=1 by default (the sample report predates the field); RabbitMQ's
+        // CPU per delivery beside the server's.
+        assert!(
+            md.contains("| gateway-rabbitmq-prefetch | AMQP, straight to RabbitMQ | 1 | "),
+            "{md}"
+        );
+        assert!(md.contains("| RabbitMQ CPU µs per delivery |"), "{md}");
         assert!(
             md.contains("| gateway-rabbitmq-api | gateway management API |"),
             "{md}"
@@ -415,6 +497,7 @@ mod tests {
         assert!(md.contains("## (a) Full speed"), "{md}");
         assert!(md.contains("## (b) Latency"), "{md}");
         assert!(!md.contains("## (c)"), "{md}");
+        assert!(!md.contains("## (d)"), "{md}");
         assert!(!md.contains("Head-to-head"), "{md}");
         assert!(!md.contains("Ratios against the targets"), "{md}");
         assert_eq!(s.verdict_lines(), "");

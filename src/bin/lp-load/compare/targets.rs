@@ -5,8 +5,9 @@
 //! A new target is one more row of [`BENCH`] (`make bench-compare`'s).
 
 use super::plan::{
-    GATEWAY_MEMORY, GATEWAY_MEMORY_HYPER, GATEWAY_RABBITMQ, GATEWAY_RABBITMQ_API, Metric, NCHAN,
-    NCHAN_HYPER, Phase, RAW_CONSUME, RAW_PIPE, RAW_QUEUES, RunId, Server,
+    GATEWAY_MEMORY, GATEWAY_MEMORY_HYPER, GATEWAY_MEMORY_MAX10, GATEWAY_RABBITMQ,
+    GATEWAY_RABBITMQ_API, GATEWAY_RABBITMQ_PREFETCH, GATEWAY_RABBITMQ_PREFETCH_MAX10, Metric,
+    NCHAN, NCHAN_HYPER, Phase, RAW_CONSUME, RAW_PIPE, RAW_QUEUES, RunId, Server,
 };
 use crate::report::Report;
 
@@ -133,6 +134,22 @@ pub const BENCH: &[Target] = &[
         full(&RAW_PIPE),
         AtLeast(0.5),
     ),
+    // A prefetch window per consumer: RabbitMQ no longer waits for each ack
+    // before the next push, so the gateway may reach the AMQP ceiling.
+    ratio(
+        "deliveries/s, consumer prefetch 10, max=1: gateway-rabbitmq-prefetch / raw-pipe",
+        DeliveriesPerSec,
+        full(&GATEWAY_RABBITMQ_PREFETCH),
+        full(&RAW_PIPE),
+        AtLeast(1.0),
+    ),
+    ratio(
+        "deliveries/s, consumer prefetch 10, max=10: gateway-rabbitmq-prefetch-max10 / raw-pipe",
+        DeliveriesPerSec,
+        full(&GATEWAY_RABBITMQ_PREFETCH_MAX10),
+        full(&RAW_PIPE),
+        AtLeast(1.0),
+    ),
     rounds(
         "deliveries/s: gateway-memory / nchan",
         DeliveriesPerSec,
@@ -172,6 +189,13 @@ pub const BENCH: &[Target] = &[
         AtMost(2.0),
     ),
     ratio(
+        "p99 at steady rate, consumer prefetch 10: gateway-rabbitmq-prefetch / nchan",
+        P99,
+        steady(&GATEWAY_RABBITMQ_PREFETCH),
+        steady(&NCHAN),
+        AtMost(5.0),
+    ),
+    ratio(
         "(RabbitMQ alone, one queue) p99 at steady rate: raw-pipe / nchan",
         P99,
         steady(&RAW_PIPE),
@@ -205,6 +229,23 @@ pub const BENCH: &[Target] = &[
         hold(&GATEWAY_RABBITMQ),
         hold(&NCHAN),
         AtMost(1.0),
+    ),
+    // Messages, not answers: an answer of 10 counts 10.
+    rounds(
+        "messages/s in bursts, consumer prefetch 10: gateway-rabbitmq-prefetch max=10 / max=1",
+        DeliveriesPerSec,
+        Phase::Burst,
+        &GATEWAY_RABBITMQ_PREFETCH_MAX10,
+        &GATEWAY_RABBITMQ_PREFETCH,
+        AtLeast(2.0),
+    ),
+    rounds(
+        "(embedded broker, for context) messages/s in bursts: gateway-memory max=10 / max=1",
+        DeliveriesPerSec,
+        Phase::Burst,
+        &GATEWAY_MEMORY_MAX10,
+        &GATEWAY_MEMORY,
+        AtLeast(2.0),
     ),
 ];
 
@@ -376,6 +417,16 @@ impl Target {
         {
             notes.push("offered rate not sustained".to_owned());
         }
+        let missing: Vec<String> = runs
+            .iter()
+            .filter_map(|run| {
+                let lost = reports.get(&run.to_string())?.burst.as_ref()?.missing;
+                (lost > 0).then(|| format!("{run} {lost}"))
+            })
+            .collect();
+        if !missing.is_empty() {
+            notes.push(format!("events missing in bursts: {}", missing.join(", ")));
+        }
         let busy: Vec<String> = runs
             .iter()
             .filter(|run| run.phase.cpu_sensitive())
@@ -537,6 +588,41 @@ mod tests {
         assert_eq!(
             v.text(),
             "MISSED (offered rate not sustained; disturbed: steady-raw-queues 42%)"
+        );
+    }
+
+    #[test]
+    fn events_missing_in_bursts_are_noted() {
+        let burst = |rate: f64, missing: u64| {
+            with(|r| {
+                r.deliveries_per_sec = rate;
+                r.burst = Some(crate::report::Burst {
+                    events_per_subscriber: 10,
+                    rounds: 5,
+                    rounds_timed_out: u64::from(missing > 0),
+                    missing,
+                    round_ms_p50: Some(100.0),
+                    round_ms_max: Some(200.0),
+                });
+            })
+        };
+        let reports: HashMap<String, Report> = [
+            ("burst-gateway-memory-max10.round1", burst(30_000.0, 0)),
+            ("burst-gateway-memory.round1", burst(10_000.0, 0)),
+            ("burst-gateway-memory-max10", burst(30_000.0, 0)),
+            ("burst-gateway-memory", burst(10_000.0, 7)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let t = target(
+            "(embedded broker, for context) messages/s in bursts: gateway-memory max=10 / max=1",
+        );
+        let v = t.evaluate(&reports, 1, 35.0);
+        assert_eq!((v.value, v.met), (Some(3.0), Some(true)));
+        assert_eq!(
+            v.text(),
+            "met (events missing in bursts: burst-gateway-memory 7)"
         );
     }
 
