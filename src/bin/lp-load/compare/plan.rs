@@ -82,6 +82,16 @@ pub const GATEWAY_RABBITMQ_PREFETCH: Server = Server {
     ..GATEWAY_RABBITMQ
 };
 
+/// gateway-rabbitmq without the events history (`--history-max-age 0`):
+/// every event is then routed to the subscription queues only, not also
+/// appended to the history stream, which splits RabbitMQ's cost per delivery
+/// into the delivery path's and the history's.
+pub const GATEWAY_RABBITMQ_NO_HISTORY: Server = Server {
+    name: "gateway-rabbitmq-no-history",
+    gateway_args: &["--history-max-age", "0"],
+    ..GATEWAY_RABBITMQ
+};
+
 /// gateway-rabbitmq-prefetch polled with `max=10`: an answer carries what the
 /// prefetch window already holds.
 pub const GATEWAY_RABBITMQ_PREFETCH_MAX10: Server = Server {
@@ -241,6 +251,8 @@ pub enum Metric {
     MemoryPerHeldPoll,
     /// lp-load's own CPU µs per delivery.
     GeneratorCpuPerDelivery,
+    /// RabbitMQ's own CPU µs per delivery.
+    RabbitmqCpuPerDelivery,
 }
 
 impl Metric {
@@ -251,6 +263,7 @@ impl Metric {
             Metric::ServerCpuPerDelivery => r.server_cpu_per_delivery(),
             Metric::MemoryPerHeldPoll => r.memory_per_held_poll(),
             Metric::GeneratorCpuPerDelivery => r.generator.cpu_us_per_delivery,
+            Metric::RabbitmqCpuPerDelivery => r.rabbitmq_cpu_per_delivery(),
         }
     }
 
@@ -262,6 +275,7 @@ impl Metric {
             Metric::ServerCpuPerDelivery => ("server CPU µs per delivery", 0),
             Metric::MemoryPerHeldPoll => ("B per held poll", 0),
             Metric::GeneratorCpuPerDelivery => ("lp-load CPU µs per delivery", 1),
+            Metric::RabbitmqCpuPerDelivery => ("RabbitMQ CPU µs per delivery", 0),
         }
     }
 }
@@ -349,6 +363,7 @@ pub const BENCH: &[Step] = &[
     Step::Once(RunId::new(Phase::Full, &GATEWAY_RABBITMQ)),
     Step::Once(RunId::new(Phase::Full, &GATEWAY_RABBITMQ_PREFETCH)),
     Step::Once(RunId::new(Phase::Full, &GATEWAY_RABBITMQ_PREFETCH_MAX10)),
+    Step::Once(RunId::new(Phase::Full, &GATEWAY_RABBITMQ_NO_HISTORY)),
     Step::HeadToHead {
         phase: Phase::Full,
         a: &GATEWAY_MEMORY,
@@ -508,6 +523,7 @@ mod tests {
                 "full-gateway-rabbitmq",
                 "full-gateway-rabbitmq-prefetch",
                 "full-gateway-rabbitmq-prefetch-max10",
+                "full-gateway-rabbitmq-no-history",
                 "full-gateway-memory",
                 "full-nchan",
                 "full-raw-consume",

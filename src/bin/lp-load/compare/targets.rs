@@ -6,8 +6,9 @@
 
 use super::plan::{
     GATEWAY_MEMORY, GATEWAY_MEMORY_HYPER, GATEWAY_MEMORY_MAX10, GATEWAY_RABBITMQ,
-    GATEWAY_RABBITMQ_API, GATEWAY_RABBITMQ_PREFETCH, GATEWAY_RABBITMQ_PREFETCH_MAX10, Metric,
-    NCHAN, NCHAN_HYPER, Phase, RAW_CONSUME, RAW_PIPE, RAW_QUEUES, RunId, Server,
+    GATEWAY_RABBITMQ_API, GATEWAY_RABBITMQ_NO_HISTORY, GATEWAY_RABBITMQ_PREFETCH,
+    GATEWAY_RABBITMQ_PREFETCH_MAX10, Metric, NCHAN, NCHAN_HYPER, Phase, RAW_CONSUME, RAW_PIPE,
+    RAW_QUEUES, RunId, Server,
 };
 use crate::report::Report;
 
@@ -113,7 +114,8 @@ const fn hold(s: &'static Server) -> RunId {
 
 use Goal::{AtLeast, AtMost};
 use Metric::{
-    DeliveriesPerSec, GeneratorCpuPerDelivery, MemoryPerHeldPoll, P99, ServerCpuPerDelivery,
+    DeliveriesPerSec, GeneratorCpuPerDelivery, MemoryPerHeldPoll, P99, RabbitmqCpuPerDelivery,
+    ServerCpuPerDelivery,
 };
 
 /// The performance targets, in the order the summary lists them. Labels in
@@ -149,6 +151,29 @@ pub const BENCH: &[Target] = &[
         full(&GATEWAY_RABBITMQ_PREFETCH_MAX10),
         full(&RAW_PIPE),
         AtLeast(1.0),
+    ),
+    // Where RabbitMQ's time goes: the history stream's share, and the
+    // delivery path's against RabbitMQ alone in the same topology.
+    ratio(
+        "(without the history) deliveries/s: gateway-rabbitmq-no-history / raw-pipe",
+        DeliveriesPerSec,
+        full(&GATEWAY_RABBITMQ_NO_HISTORY),
+        full(&RAW_PIPE),
+        AtLeast(1.0),
+    ),
+    ratio(
+        "(RabbitMQ CPU per delivery, the history's share) gateway-rabbitmq / gateway-rabbitmq-no-history",
+        RabbitmqCpuPerDelivery,
+        full(&GATEWAY_RABBITMQ),
+        full(&GATEWAY_RABBITMQ_NO_HISTORY),
+        AtMost(1.0),
+    ),
+    ratio(
+        "(RabbitMQ CPU per delivery, same topology) gateway-rabbitmq-no-history / raw-queues",
+        RabbitmqCpuPerDelivery,
+        full(&GATEWAY_RABBITMQ_NO_HISTORY),
+        full(&RAW_QUEUES),
+        AtMost(1.0),
     ),
     rounds(
         "deliveries/s: gateway-memory / nchan",
