@@ -48,7 +48,7 @@ async fn messages_no_poll_takes_within_the_linger_go_back_to_the_queue_at_their_
     }
     assert_eq!(gw.poll(&key, 1).await.json()["n"], 1);
     gw.wait_taken(&key, 5, 1, "the window holds all five").await;
-    // The client does not come back within the consumer's linger (10 s):
+    // The client does not come back within the consumer's linger (2 s with a window):
     // the four behind the answer go back; the answer stays held.
     eventually(
         Duration::from_secs(30),

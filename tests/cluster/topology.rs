@@ -219,6 +219,11 @@ impl Replica {
             }
         }
         cmd.envs(env);
+        // A prefetch window on every replica (docs/scaling.md, "A prefetch
+        // window"): the scenarios hold the same with it.
+        if let Ok(n) = std::env::var("LONGPOLL_CLUSTER_CONSUMER_PREFETCH") {
+            cmd.args(["--consumer-prefetch", n.trim()]);
+        }
         self.child = Some(cmd.spawn().expect("spawn a replica"));
         let url = format!("{}/healthz", self.admin_base());
         let http = http_client();

@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::{FutureExt, StreamExt};
 use lapin::Confirmation;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, BasicRejectOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::AmqpOptions;
@@ -302,7 +302,8 @@ impl AmqpBroker {
             };
             if consumer.is_spoiled() {
                 if let Some(old) = active.take() {
-                    consume_on = Some(Box::pin(respawn(old)).await);
+                    consume_on =
+                        Some(Box::pin(respawn(old, inner.options.consumer_prefetch)).await);
                 }
                 continue;
             }
@@ -320,17 +321,25 @@ impl AmqpBroker {
                             .await;
                         inner.metrics.messages_requeued.inc();
                         if let Some(old) = active.take() {
-                            consume_on = Some(Box::pin(respawn(old)).await);
+                            consume_on =
+                                Some(Box::pin(respawn(old, inner.options.consumer_prefetch)).await);
                         }
                         continue;
                     }
                     usage.delivered = true;
                     let window = consumer.window.clone();
+                    // The first delivery of a fresh consumer: the others ready
+                    // then are on their way.
+                    let on_their_way = consumer.pushing_at_start.take().unwrap_or(0);
                     let first =
                         to_delivery(delivery, &consumer.channel, window.as_ref(), &inner.metrics);
                     let more = match (max > 1, window) {
                         (false, _) => Vec::new(),
-                        (true, Some(window)) => held_behind(inner, &mut active, &window, max - 1),
+                        (true, Some(window)) => {
+                            let coming = on_their_way.saturating_sub(1);
+                            Box::pin(held_behind(inner, &mut active, &window, max - 1, coming))
+                                .await
+                        }
                         (true, None) => {
                             let channel = consumer.channel.clone();
                             Box::pin(waiting_behind(inner, &channel, queue, max - 1)).await
@@ -359,23 +368,39 @@ impl AmqpBroker {
 }
 
 /// Cancels a spoiled consumer and requeues what it holds (each message at its
-/// place); returns its channel, for its successor.
-async fn respawn(old: ActiveConsumer) -> Arc<lapin::Channel> {
+/// place); returns its channel, for its successor. A `basic.qos` round trip on
+/// that channel (the same prefetch: a no-op) returns once RabbitMQ has handled
+/// the requeues before it, so that the successor's probe, on another
+/// connection, counts the requeued messages as ready.
+async fn respawn(old: ActiveConsumer, prefetch: u16) -> Arc<lapin::Channel> {
     let channel = old.channel.clone();
     old.cancel_and_requeue().await;
+    if channel.status().connected() {
+        let _ = channel
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await;
+    }
     channel
 }
 
-/// Up to `up_to` deliveries the consumer already holds behind the one just
-/// taken (a prefetch above 1), without waiting: RabbitMQ pushed them in queue
-/// order, so they are the next messages. A consumer whose stream ended or
-/// failed is dropped after them (its channel closed: the broker requeued
-/// whatever it held, and what was taken settles as such).
-fn held_behind(
+/// How long an answer of several waits for a message RabbitMQ is known to be
+/// pushing (it sends a fresh consumer's window back to back: normally well
+/// under a millisecond).
+const PUSH_WAIT: Duration = Duration::from_secs(1);
+
+/// Up to `up_to` deliveries the consumer holds behind the one just taken (a
+/// prefetch above 1): RabbitMQ pushed them in queue order, so they are the
+/// next messages. The first `coming` are waited for (a fresh consumer's
+/// window, which the probe counted), the rest taken only if already there. A
+/// consumer whose stream ended or failed is dropped after them (its channel
+/// closed: the broker requeued whatever it held, and what was taken settles
+/// as such).
+async fn held_behind(
     inner: &Inner,
     active: &mut Option<ActiveConsumer>,
     window: &Arc<PrefetchWindow>,
     up_to: usize,
+    coming: usize,
 ) -> Vec<Delivery> {
     let mut more = Vec::new();
     let Some(consumer) = active.as_mut() else {
@@ -383,7 +408,14 @@ fn held_behind(
     };
     let mut lost = false;
     while more.len() < up_to {
-        match consumer.consumer.next().now_or_never() {
+        let next = if more.len() < coming {
+            tokio::time::timeout(PUSH_WAIT, consumer.consumer.next())
+                .await
+                .ok()
+        } else {
+            consumer.consumer.next().now_or_never()
+        };
+        match next {
             Some(Some(Ok(d))) => more.push(to_delivery(
                 d,
                 &consumer.channel,

@@ -42,6 +42,10 @@ pub(crate) struct ActiveConsumer {
     /// With a prefetch above 1: spoiled when an answer of this consumer goes
     /// back to the queue while later deliveries may wait behind it.
     pub(crate) window: Option<Arc<PrefetchWindow>>,
+    /// With a window, until its first delivery is taken: how many messages
+    /// RabbitMQ is pushing to it at once (those ready when the queue was
+    /// probed, up to the prefetch), which an answer of several waits for.
+    pub(crate) pushing_at_start: Option<usize>,
     metrics: Arc<Metrics>,
 }
 
@@ -57,6 +61,7 @@ impl ActiveConsumer {
             channel,
             consumer,
             window: (prefetch > 1).then(|| Arc::new(PrefetchWindow::default())),
+            pushing_at_start: None,
             metrics,
         }
     }
@@ -287,7 +292,7 @@ async fn start_consumer(
     queue: &str,
     on: Option<Arc<lapin::Channel>>,
 ) -> Result<ActiveConsumer, BrokerError> {
-    inner.topology.probe_queue(queue).await?;
+    let ready = inner.topology.probe_queue(queue).await?.ready;
     let channel = match on.filter(|ch| ch.status().connected()) {
         Some(channel) => channel,
         None => inner.consumer_channels.channel().await?,
@@ -302,12 +307,13 @@ async fn start_consumer(
         )
         .await
         .map_err(|e| from_lapin_on(&e, &[queue]))?;
-    Ok(ActiveConsumer::new(
-        channel,
-        consumer,
-        inner.options.consumer_prefetch,
-        inner.metrics.clone(),
-    ))
+    let prefetch = inner.options.consumer_prefetch;
+    let mut active = ActiveConsumer::new(channel, consumer, prefetch, inner.metrics.clone());
+    if active.window.is_some() {
+        let ready = usize::try_from(ready).unwrap_or(usize::MAX);
+        active.pushing_at_start = Some(ready.min(usize::from(prefetch)));
+    }
+    Ok(active)
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub struct AmqpOptions {
     /// answer waits for its sequence, kept in the consumer for the next poll.
     pub consumer_prefetch: u16,
     /// How long a queue's consumer is kept after a delivery, waiting for the
-    /// client's next poll.
+    /// client's next poll: 10 s, or [`WINDOW_LINGER`] with a prefetch window.
     pub consumer_linger: Duration,
     /// TLS material and credential files.
     pub tls: BrokerTls,
@@ -78,7 +78,11 @@ impl AmqpOptions {
             subscription_expiry: s.subscription_expiry,
             channel_pool_size: s.channel_pool_size,
             consumer_prefetch: s.consumer_prefetch,
-            consumer_linger: Duration::from_secs(10),
+            consumer_linger: if s.consumer_prefetch > 1 {
+                WINDOW_LINGER
+            } else {
+                Duration::from_secs(10)
+            },
             tls: s.broker_tls.clone(),
             history: HistoryOptions::from_settings(s),
         };
@@ -100,6 +104,13 @@ impl AmqpOptions {
         (self.nodes.len() > 1).then(|| self.nodes.len().min(3))
     }
 }
+
+/// How long a consumer with a prefetch window is kept after a delivery. A
+/// client that got an answer is back within milliseconds; one that is not
+/// (a page gone, or its polls moved to another replica) must not keep the
+/// messages in the window from the queue, where another replica's consumer
+/// would take them, for the 10 s a consumer of one message lingers.
+pub const WINDOW_LINGER: Duration = Duration::from_secs(2);
 
 /// AMQP connections for consumers and operations on a machine with `cores`
 /// cores (the process's CPU quota, as `available_parallelism` reads it) and a

@@ -226,7 +226,7 @@ impl Topology {
     /// Passive declare: does the queue exist? Runs on a probe channel, so the
     /// 404 that closes the channel touches nothing else; a queue found missing
     /// is remembered for a few seconds.
-    pub(crate) async fn probe_queue(&self, queue: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn probe_queue(&self, queue: &str) -> Result<QueueStats, BrokerError> {
         let known_missing = || {
             let hit = self.missing.contains(queue);
             if hit {
@@ -247,11 +247,11 @@ impl Topology {
             return Err(BrokerError::not_found("queue known to be missing"));
         }
         self.metrics.queue_probes.inc();
-        let mut result = self.queue_stats(queue).await.map(|_| ());
+        let mut result = self.queue_stats(queue).await;
         for _ in 0..2 {
             match &result {
                 Err(e) if e.kind() == BrokerErrorKind::ChannelClosed => {
-                    result = self.queue_stats(queue).await.map(|_| ());
+                    result = self.queue_stats(queue).await;
                 }
                 _ => break,
             }
