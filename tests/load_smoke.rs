@@ -389,7 +389,7 @@ async fn lp_load_compare_runs_every_server_and_judges_every_target() {
         .lines()
         .filter(|l| l.contains("   target "))
         .collect();
-    assert_eq!(verdicts.len(), 17, "{stdout}");
+    assert_eq!(verdicts.len(), 20, "{stdout}");
     for line in verdicts {
         assert!(line.contains('×') && !line.contains("n/a"), "{line}");
     }
