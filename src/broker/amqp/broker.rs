@@ -301,10 +301,7 @@ impl AmqpBroker {
                 continue; // retired in between: start again
             };
             if consumer.is_spoiled() {
-                if let Some(old) = active.take() {
-                    consume_on =
-                        Some(Box::pin(respawn(old, inner.options.consumer_prefetch)).await);
-                }
+                consume_on = Box::pin(respawn(&mut active, inner.options.consumer_prefetch)).await;
                 continue;
             }
             match consumer.consumer.next().await {
@@ -320,10 +317,8 @@ impl AmqpBroker {
                             )
                             .await;
                         inner.metrics.messages_requeued.inc();
-                        if let Some(old) = active.take() {
-                            consume_on =
-                                Some(Box::pin(respawn(old, inner.options.consumer_prefetch)).await);
-                        }
+                        consume_on =
+                            Box::pin(respawn(&mut active, inner.options.consumer_prefetch)).await;
                         continue;
                     }
                     usage.delivered = true;
@@ -372,7 +367,11 @@ impl AmqpBroker {
 /// that channel (the same prefetch: a no-op) returns once RabbitMQ has handled
 /// the requeues before it, so that the successor's probe, on another
 /// connection, counts the requeued messages as ready.
-async fn respawn(old: ActiveConsumer, prefetch: u16) -> Arc<lapin::Channel> {
+async fn respawn(
+    active: &mut Option<ActiveConsumer>,
+    prefetch: u16,
+) -> Option<Arc<lapin::Channel>> {
+    let old = active.take()?;
     let channel = old.channel.clone();
     old.cancel_and_requeue().await;
     if channel.status().connected() {
@@ -380,7 +379,7 @@ async fn respawn(old: ActiveConsumer, prefetch: u16) -> Arc<lapin::Channel> {
             .basic_qos(prefetch, BasicQosOptions { global: false })
             .await;
     }
-    channel
+    Some(channel)
 }
 
 /// How long an answer of several waits for a message RabbitMQ is known to be

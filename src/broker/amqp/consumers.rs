@@ -50,18 +50,23 @@ pub(crate) struct ActiveConsumer {
 }
 
 impl ActiveConsumer {
+    /// A consumer with `prefetch` per consumer, started on a queue in which
+    /// `ready` messages waited.
     pub(crate) fn new(
         channel: Arc<lapin::Channel>,
         consumer: lapin::Consumer,
         prefetch: u16,
+        ready: u64,
         metrics: Arc<Metrics>,
     ) -> Self {
         metrics.consumers.inc();
+        let window = prefetch > 1;
+        let ready = usize::try_from(ready).unwrap_or(usize::MAX);
         ActiveConsumer {
             channel,
             consumer,
-            window: (prefetch > 1).then(|| Arc::new(PrefetchWindow::default())),
-            pushing_at_start: None,
+            window: window.then(|| Arc::new(PrefetchWindow::default())),
+            pushing_at_start: window.then(|| ready.min(usize::from(prefetch))),
             metrics,
         }
     }
@@ -307,13 +312,13 @@ async fn start_consumer(
         )
         .await
         .map_err(|e| from_lapin_on(&e, &[queue]))?;
-    let prefetch = inner.options.consumer_prefetch;
-    let mut active = ActiveConsumer::new(channel, consumer, prefetch, inner.metrics.clone());
-    if active.window.is_some() {
-        let ready = usize::try_from(ready).unwrap_or(usize::MAX);
-        active.pushing_at_start = Some(ready.min(usize::from(prefetch)));
-    }
-    Ok(active)
+    Ok(ActiveConsumer::new(
+        channel,
+        consumer,
+        inner.options.consumer_prefetch,
+        ready,
+        inner.metrics.clone(),
+    ))
 }
 
 #[cfg(test)]
